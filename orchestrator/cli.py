@@ -1,0 +1,227 @@
+"""`python -m orchestrator {run,plan,status,tables}`: the product's command line."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .sweep import SweepError, Sweep, Trial, apply_overrides, expand, load_sweep
+
+DATASET_SIZE = {"cifar10": 50_000, "cifar100": 50_000, "synthetic": 50_000}
+# CPU cost model for the "paper-size sweep on CPU" guard: forward GFLOP per 32x32 image of
+# VGG16's conv section (~15.5 GFLOP at 224x224, / 49), x3 for forward+backward, at ~3
+# GFLOP/s per core, what small-batch steps reached on the 2-core dev machine (BENCHMARKS.md).
+CONV_GFLOP_PER_IMAGE = 0.31
+CPU_GFLOPS_PER_CORE = 3.0
+CPU_HOURS_NEEDING_YES = 2.0
+
+EPILOG = """\
+examples:
+  python -m orchestrator run sweeps/smoke.yaml          # 4 tiny trials on a CPU, ~2 min
+  python -m orchestrator run sweeps/table1.yaml         # the paper's Tables 1-2 (18 GPU trials)
+  python -m orchestrator plan sweeps/table1.yaml        # what would run, what is done
+  python -m orchestrator status sweeps/table1.yaml      # progress, while `run` goes on
+  python -m orchestrator tables sweeps/table1.yaml      # Tables 1-2, ours beside the paper's
+  mlflow ui                                             # in the folder `run` started from
+
+Runs go to MLflow: --tracking-uri, else $MLFLOW_TRACKING_URI, else the sweep's
+tracking_uri, else mlflow.db in the current folder. `run` is idempotent: finished trials
+are skipped and interrupted ones resume from their last checkpoint in the same run.
+"""
+
+
+def steps_per_trial(config: dict) -> int:
+    n = config["train_samples"] or DATASET_SIZE[config["dataset"]]
+    return config["epochs"] * (n // config["batch_size"])
+
+
+def cpu_hours(trials: list[Trial], cpus_per_trial: float, total_cpus: float) -> float:
+    """A rough estimate of a sweep's wall time on CPUs only (see CPU_GFLOPS_PER_CORE)."""
+    gflop = sum(3 * CONV_GFLOP_PER_IMAGE / t.config["vgg_width_divisor"] ** 2
+                * t.config["batch_size"] * steps_per_trial(t.config) for t in trials)
+    parallel = max(1.0, total_cpus // max(cpus_per_trial, 1))
+    return gflop / (CPU_GFLOPS_PER_CORE * max(cpus_per_trial, 1)) / parallel / 3600
+
+
+def classify(trials: list[Trial], states: dict) -> dict[str, list[Trial]]:
+    """finished (skipped), resuming (a run exists, unfinished), new (no run yet)."""
+    out = {"finished": [], "resuming": [], "new": []}
+    for t in trials:
+        s = states.get(t.key)
+        out["new" if s is None else "finished" if s.status == "FINISHED" else "resuming"].append(t)
+    return out
+
+
+def _load(args) -> Sweep:
+    resources = json.loads(args.resources) if getattr(args, "resources", None) else None
+    sweep = load_sweep(args.sweep)
+    return apply_overrides(sweep, resources=resources,
+                           max_concurrent=getattr(args, "max_concurrent", None),
+                           storage_path=getattr(args, "storage", None))
+
+
+def cmd_run(args) -> int:
+    from . import driver, tracking
+
+    sweep = _load(args)
+    trials = expand(sweep)
+    uri = tracking.resolve_tracking_uri(args.tracking_uri, sweep.tracking_uri)
+    groups = classify(trials, tracking.runs_by_key(uri, sweep.name))
+    todo = groups["resuming"] + groups["new"]
+    steps = sorted({steps_per_trial(t.config) for t in todo})
+    print(f"sweep {sweep.name} ({sweep.path}): {len(trials)} trials: {len(groups['new'])} new, "
+          f"{len(groups['resuming'])} resuming, {len(groups['finished'])} finished (skipped)")
+    if todo:
+        print(f"steps per trial: {', '.join(f'{s:,}' for s in steps)}")
+    print(f"tracking: {uri}")
+    if args.dry_run:
+        for t in todo:
+            print(f"  would run {t.name:<28} {t.key}")
+        return 0
+    if not todo:
+        print("nothing to run: every trial is FINISHED in MLflow.")
+        return build_tables_step(sweep, uri)
+
+    cluster = driver.start_ray(args.address)
+    resources, warning = driver.plan_resources(sweep.resources, cluster)
+    print(f"on: Ray cluster with {cluster.get('CPU', 0):g} CPUs, {cluster.get('GPU', 0):g} GPUs;"
+          f" per trial {resources}")
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    if not resources.get("gpu"):
+        hours = cpu_hours(todo, resources.get("cpu", 1), cluster.get("CPU", 1))
+        if hours > CPU_HOURS_NEEDING_YES and not args.yes:
+            print(f"error: this sweep would take about {hours:,.0f} hours on these CPUs "
+                  f"(no GPU). Run it on a GPU cluster (README: 'Run on a GPU cluster'), or "
+                  f"pass --yes to start anyway.", file=sys.stderr)
+            return 2
+
+    experiment_id = tracking.ensure_experiment(uri, sweep.name)
+    tags = tracking.provenance_tags(sweep.path.parent)
+    states = tracking.runs_by_key(uri, sweep.name)
+    storage = Path(sweep.storage_path or driver.default_storage()).resolve()
+    threads = max(1, int(resources.get("cpu", 1)))
+    jobs = []
+    for t in todo:
+        run_id = (states[t.key].run_id if t.key in states
+                  else tracking.create_run(uri, experiment_id, t, sweep, tags))
+        config = {**t.config, "data_dir": str(Path(t.config["data_dir"]).resolve())}
+        jobs.append(driver.Job(t.key, t.name, config, run_id, uri,
+                               str(storage / sweep.name / t.key), threads, tags))
+    result = driver.run_jobs(jobs, sweep.name, resources, str(storage),
+                             sweep.max_failures, sweep.max_concurrent)
+    print(f"\n{result['finished']} of {len(jobs)} trials finished"
+          + (f"; failed: {', '.join(result['failed'])}" if result["failed"] else ""))
+    print(f"MLflow: {uri}\n  see runs:   mlflow ui --backend-store-uri {uri}\n"
+          f"  tables:     python -m orchestrator tables {args.sweep}"
+          + (f" --tracking-uri {uri}" if args.tracking_uri else ""))
+    code = build_tables_step(sweep, uri)
+    return 1 if result["failed"] else code
+
+
+def build_tables_step(sweep: Sweep, uri: str) -> int:
+    """`run`'s final aggregation: the sweep's tables and report, exactly as `tables` writes."""
+    from .report import build_tables
+
+    out = Path("results") / sweep.name
+    paths = build_tables([str(sweep.path)], uri, out_dir=str(out))
+    print(f"tables and report: {out}/ ({len(paths)} files)")
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from . import tracking
+
+    sweep = _load(args)
+    trials = expand(sweep)
+    uri = tracking.resolve_tracking_uri(args.tracking_uri, sweep.tracking_uri)
+    states = tracking.runs_by_key(uri, sweep.name)
+    print(f"sweep {sweep.name}: {sweep.description.strip()}\n{len(trials)} trials, "
+          f"tracking {uri}\n")
+    print(f"{'trial':<28} {'key':<13} {'state':<10} {'epoch':>9} {'steps':>12}")
+    for t in trials:
+        s = states.get(t.key)
+        state = "pending" if s is None else s.status.lower()
+        epoch = f"{s.last_epoch if s else 0}/{t.config['epochs']}"
+        print(f"{t.name:<28} {t.key:<13} {state:<10} {epoch:>9} {steps_per_trial(t.config):>12,}")
+    return 0
+
+
+def cmd_status(args) -> int:
+    from . import tracking
+
+    sweep = _load(args)
+    trials = expand(sweep)
+    uri = tracking.resolve_tracking_uri(args.tracking_uri, sweep.tracking_uri)
+    states = tracking.runs_by_key(uri, sweep.name)
+    counts: dict[str, int] = {}
+    lines = []
+    for t in trials:
+        s = states.get(t.key)
+        state = "pending" if s is None else s.status.lower()
+        counts[state] = counts.get(state, 0) + 1
+        if s is not None and s.status != "FINISHED":
+            acc = s.metrics.get("test_accuracy")
+            lines.append(f"  {t.name:<28} {state:<10} epoch {s.last_epoch}/{t.config['epochs']}"
+                         + (f", test {acc:.2f}%" if acc is not None else ""))
+    print(f"sweep {sweep.name}: {len(trials)} trials: "
+          + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+    print("\n".join(lines))
+    return 0
+
+
+def cmd_tables(args) -> int:
+    from . import tracking
+    from .report import build_tables
+
+    uri = tracking.resolve_tracking_uri(args.tracking_uri, None)
+    formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
+    build_tables(args.sources, uri, formats=formats, out_dir=args.out)   # prints each file
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m orchestrator",
+        description="Rerun the paper's experimental grids as Ray Tune sweeps tracked in "
+                    "MLflow, and rebuild its tables with our numbers beside the published ones.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="{run,plan,status,tables}")
+
+    def with_sweep(name, help_text):
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        sp.add_argument("sweep", help="sweep file, e.g. sweeps/table1.yaml")
+        sp.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, "
+                                               "the sweep's tracking_uri, or ./mlflow.db)")
+        return sp
+
+    r = with_sweep("run", "run a sweep's unfinished trials on Ray Tune, then build its tables")
+    r.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)")
+    r.add_argument("--storage", help="checkpoint folder; shared by all nodes on a cluster "
+                                     "(default: the sweep's storage_path, else ./ray_results)")
+    r.add_argument("--max-concurrent", type=int, help="trials at once (default: the sweep's)")
+    r.add_argument("--resources", help='per-trial resources as JSON, e.g. \'{"cpu": 2, "gpu": 0.25}\'')
+    r.add_argument("--dry-run", action="store_true", help="say what would run; launch nothing")
+    r.add_argument("--yes", action="store_true", help="start a paper-size sweep even on CPUs only")
+    r.set_defaults(fn=cmd_run)
+    with_sweep("plan", "list the trials, their keys and their state in MLflow").set_defaults(fn=cmd_plan)
+    with_sweep("status", "progress of a sweep from MLflow (works while `run` goes on)"
+               ).set_defaults(fn=cmd_status)
+    t = sub.add_parser("tables", help="rebuild the paper's tables, figures and report from MLflow",
+                       description="Rebuild the paper's tables, figures and report.md from MLflow.")
+    t.add_argument("sources", nargs="+", help="sweep files or MLflow experiment names")
+    t.add_argument("--tracking-uri", help="MLflow store (default as for run)")
+    t.add_argument("--format", default="md,latex,csv", help="comma-separated: md, latex, csv")
+    t.add_argument("--out", default="results", help="output folder (default: results/)")
+    t.set_defaults(fn=cmd_tables)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (SweepError, json.JSONDecodeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2

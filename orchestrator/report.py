@@ -1,0 +1,297 @@
+"""`report.md`: every artefact of the given sweeps, and the paper's claims checked on our numbers.
+
+Entry point for `python -m orchestrator tables SWEEP...` and the end of `run`:
+
+    build_tables(["sweeps/table1.yaml"], tracking_uri=None, out_dir="results/table1")
+
+Claims are pure functions of `tables.Table`s (and of the Figure 4-5 analyses), so tests can
+flip them by changing a number. A claim holds when every cell it rests on agrees, does not
+hold when any measured cell disagrees, and is open while cells are missing.
+"""
+from __future__ import annotations
+
+import datetime
+import pathlib
+from dataclasses import dataclass
+
+import pandas as pd
+import yaml
+
+from orchestrator import figures, render, tables
+
+ARTEFACTS = ["table1", "table2", "table3", "table4", "table5", "memory_peaks",
+             "figure3", "figure4", "figure5"]   # the ids a sweep's `reproduces:` may list
+
+
+@dataclass(frozen=True)
+class Check:
+    label: str                       # the cell(s) the check rests on, e.g. "batch 9, W=32"
+    ours: bool | None                # None: a cell has no finished value yet
+    paper: bool | None               # None: the paper gives no number
+    ours_values: tuple = ()
+    paper_values: tuple = ()
+
+
+@dataclass(frozen=True)
+class Claim:
+    text: str
+    checks: tuple[Check, ...]
+    paper_says: str = ""             # overrides the paper's count where it states it in words
+
+    @property
+    def holds(self) -> bool | None:
+        measured = [c.ours for c in self.checks if c.ours is not None]
+        if False in measured:
+            return False
+        return True if measured and len(measured) == len(self.checks) else None
+
+    @property
+    def verdict(self) -> str:
+        return {True: "holds", False: "does not hold", None: "open (cells missing)"}[self.holds]
+
+    @property
+    def ours(self) -> str:
+        measured = [c.ours for c in self.checks if c.ours is not None]
+        missing = len(self.checks) - len(measured)
+        return f"{sum(measured)} of {len(measured)}" + (f" ({missing} missing)" if missing else "")
+
+    @property
+    def paper(self) -> str:
+        return self.paper_says or f"{sum(bool(c.paper) for c in self.checks)} of {len(self.checks)}"
+
+
+def _mean(cell: tables.Cell | None) -> float | None:
+    return cell.mean if cell is not None and cell.n > 0 else None
+
+
+def check(label: str, ours: tuple, paper: tuple, pred) -> Check:
+    """Apply `pred` to our means and to the paper's values (None where any is missing)."""
+    o = bool(pred(*ours)) if all(v is not None for v in ours) else None
+    p = bool(pred(*paper)) if all(v is not None for v in paper) else None
+    return Check(label, o, p, ours, paper)
+
+
+def _with_vs_without(t: tables.Table, row_key, pred) -> list[Check]:
+    """One check per (batch or metric block, W): regularized row vs unregularized row."""
+    out = []
+    for key in row_key:
+        for w in t.col_keys:
+            (o1, p1), (o0, p0) = t.get(key + (True,), w), t.get(key + (False,), w)
+            block = f"batch {key[0]}, " if isinstance(key[0], int) else ""
+            out.append(check(f"{block}W={w}", (_mean(o1), _mean(o0)), (p1, p0), pred))
+    return out
+
+
+def claims_cifar10(t1: tables.Table | None, t2: tables.Table | None, t3: tables.Table | None) -> list[Claim]:
+    out = []
+    blocks = [(9,), (7,), (5,)]
+    if t1:
+        out.append(Claim("With the regularizer, test accuracy is higher than without, in every "
+                         "CIFAR-10 cell (Table 1)", tuple(_with_vs_without(t1, blocks, lambda a, b: a > b))))
+    if t2:
+        out.append(Claim("With the regularizer, the generalization gap is lower than without, in every "
+                         "CIFAR-10 cell (Table 2)", tuple(_with_vs_without(t2, blocks, lambda a, b: a < b))))
+        out.append(Claim("With the regularizer the gap stays under 10% across the board (Table 2)",
+                         tuple(check(f"batch {b}, W={w}", (_mean(t2.get((b, True), w)[0]),),
+                                     (t2.get((b, True), w)[1],), lambda g: g < 10.0)
+                               for (b,) in blocks for w in t2.col_keys)))
+        cells = [(b, w) for (b,) in blocks for w in t2.col_keys]
+        ours = tuple(_mean(t2.get((b, False), w)[0]) for b, w in cells)
+        paper = tuple(t2.get((b, False), w)[1] for b, w in cells)
+        worst = cells.index((5, 8))
+        out.append(Claim("Without the regularizer the gap is largest at the narrowest W and the "
+                         "smallest batch (batch 5, W=8; paper: 48.53%)",
+                         (check("batch 5, W=8 vs the other 8 unregularized cells", ours, paper,
+                                lambda *g: max(range(len(g)), key=g.__getitem__) == worst),)))
+    if t1 and t3:
+        out.append(Claim("At batch 5 the regularized bottleneck beats vanilla VGG16 on CIFAR-10 "
+                         "(Tables 1 and 3)",
+                         tuple(check(f"W={w}", (_mean(t1.get((5, True), w)[0]), _mean(t3.get(("test_accuracy",), 5)[0])),
+                                     (t1.get((5, True), w)[1], t3.get(("test_accuracy",), 5)[1]),
+                                     lambda a, b: a > b) for w in t1.col_keys)))
+    if t3:
+        bs = t3.col_keys   # 64, 16, 9, 7, 5
+        out.append(Claim("Vanilla VGG16 accuracy falls as the mini-batch shrinks from 64 to 5 (Table 3)",
+                         tuple(check(f"batch {a} > batch {b}",
+                                     (_mean(t3.get(("test_accuracy",), a)[0]), _mean(t3.get(("test_accuracy",), b)[0])),
+                                     (t3.get(("test_accuracy",), a)[1], t3.get(("test_accuracy",), b)[1]),
+                                     lambda x, y: x > y) for a, b in zip(bs, bs[1:]))))
+    return out
+
+
+def claims_cifar100(t4: tables.Table) -> list[Claim]:
+    base_o, base_p = t4.get(("test_accuracy", "vgg16"), 32)
+    return [
+        Claim("On CIFAR-100 (batch 5) the regularizer gives higher accuracy for every W (Table 4)",
+              tuple(_with_vs_without(t4, [("test_accuracy",)], lambda a, b: a > b))),
+        Claim("Vanilla VGG16 at batch 5 (17.87% in the paper) is below every regularized bottleneck "
+              "on CIFAR-100 (Table 4, text)",
+              tuple(check(f"W={w}", (_mean(base_o), _mean(t4.get(("test_accuracy", True), w)[0])),
+                          (base_p, t4.get(("test_accuracy", True), w)[1]), lambda v, b: v < b)
+                    for w in t4.col_keys)),
+    ]
+
+
+def claims_memory(t5: tables.Table | None, peaks: tables.Table | None) -> list[Claim]:
+    out = []
+    if t5:
+        vo, vp = t5.get(("total",), "vgg16")
+        out.append(Claim("Bottleneck model memory is under 50% of VGG16's for every W (Table 5)",
+                         tuple(check(f"W={w} / VGG16 total bytes", (_mean(t5.get(("total",), w)[0]), _mean(vo)),
+                                     (t5.get(("total",), w)[1], vp), lambda b, v: b < 0.5 * v)
+                               for w in t5.col_keys[1:])))
+    if peaks:
+        pairs = [(v, r) for v in peaks.rows if v.key[0] == "vgg16"
+                 for r in peaks.rows if r.key[0] == "bottleneck" and r.key[1] == v.key[1]]
+        out.append(Claim("Peak dynamic memory is lower with the bottleneck than with VGG16 (section 4.4)",
+                         tuple(check(f"{r.label} vs {v.label}", (_mean(r.ours[0]), _mean(v.ours[0])),
+                                     (r.paper[0], v.paper[0]), lambda a, b: a < b) for v, r in pairs)))
+        out.append(Claim("Total peak memory (model + dynamic) is over 50% smaller with the bottleneck "
+                         "(section 4.4)",
+                         tuple(check(f"{r.label} vs {v.label}", (_mean(r.ours[2]), _mean(v.ours[2])),
+                                     (True,), lambda a, b: a < 0.5 * b) for v, r in pairs),
+                         paper_says="yes (stated; no numbers)"))
+    return out
+
+
+def claims_representation(analyses: dict[str, dict]) -> list[Claim]:
+    """Figure 5: LDA accuracy with > without at every bottleneck layer; near chance at conv."""
+    higher, chance = [], []
+    for name, pair in analyses.items():
+        without, with_ = pair["without"], pair["with"]
+        if without is None or with_ is None or "test" not in without or "test" not in with_:
+            continue
+        acc0, acc1 = without["test"]["lda_accuracy"], with_["test"]["lda_accuracy"]
+        for layer in with_["test"]["layers"]:
+            if layer == "conv":
+                chance += [check(f"{name} conv, {w}", (a,), (True,), lambda x: x < 60.0)
+                           for w, a in (("without", acc0.get(layer)), ("with", acc1.get(layer)))]
+            elif layer in acc0:
+                higher.append(check(f"{name} {layer}", (acc1[layer], acc0[layer]), (True, True),
+                                    lambda a, b: a > b))
+    if not analyses:
+        return []
+    return [Claim("LDA on test t-SNE is more accurate with the regularizer at every bottleneck "
+                  "layer (Figure 5)", tuple(higher), paper_says="yes at FC2..FC10 (read off the figure)"),
+            Claim("LDA on the conv output is near chance (< 60%) with and without (Figure 5)",
+                  tuple(chance), paper_says="yes (read off the figure)")]
+
+
+def check_claims(built: dict[str, tables.Table], analyses: dict[str, dict]) -> list[Claim]:
+    """Every claim whose tables (or figures) were built."""
+    out = claims_cifar10(built.get("table1"), built.get("table2"), built.get("table3"))
+    if "table4" in built:
+        out += claims_cifar100(built["table4"])
+    return out + claims_memory(built.get("table5"), built.get("memory_peaks")) + claims_representation(analyses)
+
+
+def _values(v: tuple) -> str:
+    return " vs ".join("—" if x is None else f"{x:,.2f}" for x in v)
+
+
+def claims_markdown(claims: list[Claim]) -> str:
+    mark = {True: "yes", False: "no", None: "?"}
+    lines = ["| # | Claim | Paper | Ours | Verdict |", "|---|---|---|---|---|"]
+    lines += [f"| {i} | {c.text} | {c.paper} | {c.ours} | **{c.verdict}** |" for i, c in enumerate(claims, 1)]
+    for i, c in enumerate(claims, 1):
+        lines += ["", f"**{i}. {c.text}** — {c.verdict}; ours {c.ours}, paper {c.paper}.", ""]
+        lines += [f"- {k.label}: ours {_values(k.ours_values)} → {mark[k.ours]}; paper "
+                  f"{_values(tuple(v for v in k.paper_values if not isinstance(v, bool)))} → {mark[k.paper]}"
+                  for k in c.checks]
+    return "\n".join(lines) + "\n"
+
+
+def report_markdown(names: list[str], runs: pd.DataFrame, built: dict[str, tables.Table],
+                    claims: list[Claim], figure_files: list[pathlib.Path], notes: dict[str, list[str]],
+                    tracking_uri: str | None) -> str:
+    """The whole report: provenance, claims, tables, figures (paths relative to the report)."""
+    status = runs["status"].value_counts().to_dict() if len(runs) else {}
+    commits = sorted(set(runs["tags.git_commit"].dropna())) if "tags.git_commit" in runs else []
+    lines = [f"# Reproduction report: {', '.join(names)}", "",
+             f"Built {datetime.datetime.now().isoformat(timespec='seconds')} from MLflow "
+             f"({tracking_uri or 'default tracking URI'}), experiments {names}: {len(runs)} runs "
+             f"({', '.join(f'{n} {s}' for s, n in sorted(status.items())) or 'none'}); "
+             f"git commits {', '.join(c[:10] for c in commits) or 'not tagged'}.",
+             "Paper values: orchestrator/paper.yaml. Ours: final-epoch metrics of FINISHED runs.", "",
+             "## Claims", "", claims_markdown(claims) if claims else "No claim rests on the built tables.", "",
+             "## Tables", ""]
+    lines += [render.to_markdown(t) for t in built.values()]
+    lines += ["## Figures", ""]
+    lines += [f"![{p.stem}]({p.name})\n" for p in sorted(set(figure_files))]
+    lines += [f"- {k}: {n}" for k, ns in sorted(notes.items()) for n in ns]
+    return "\n".join(lines) + "\n"
+
+
+def resolve_sources(sources: list[str]) -> tuple[list[str], set[str], bool, set[str]]:
+    """Sweep files or experiment names -> (experiment names, artefacts asked for, auto, URIs).
+
+    auto: some source (an experiment name, or a sweep without `reproduces:`) leaves it to
+    the runs: build every table that has runs and every figure that has artifacts.
+    URIs: the sweep files' own `tracking_uri:` values (used when no URI is given).
+    """
+    names, wanted, auto, uris = [], set(), False, set()
+    for source in sources:
+        path = pathlib.Path(source)
+        if path.suffix in (".yaml", ".yml") or path.is_file():
+            if not path.is_file():
+                raise FileNotFoundError(f"sweep file {source} does not exist")
+            spec = yaml.safe_load(path.read_text()) or {}
+            if "name" not in spec:
+                raise ValueError(f"{source}: no top-level `name:` (the MLflow experiment of the sweep)")
+            names.append(spec["name"])
+            bad = sorted(set(spec.get("reproduces") or []) - set(ARTEFACTS))
+            if bad:
+                raise ValueError(f"{source}: reproduces lists unknown artefacts {bad}; allowed: {ARTEFACTS}")
+            wanted |= set(spec.get("reproduces") or [])
+            auto |= not spec.get("reproduces")
+            uris |= {spec["tracking_uri"]} if spec.get("tracking_uri") else set()
+        else:
+            names.append(source)
+            auto = True
+    return names, wanted, auto, uris
+
+
+def build_tables(sources: list[str], tracking_uri: str | None = None,
+                 formats=("md", "latex", "csv"), out_dir: str | pathlib.Path | None = None,
+                 log_figures: bool = True) -> list[pathlib.Path]:
+    """Render the sweeps' tables, figures and report.md from MLflow; return the files written.
+
+    sources: sweep YAML paths (experiment = its `name:`, artefacts = its `reproduces:`) or
+        MLflow experiment names (artefacts = whatever the runs support).
+    tracking_uri: None = the sweep file's `tracking_uri:`, else MLflow's default.
+    out_dir: default results/<experiment>[+<experiment>...].
+    log_figures: also attach each figure to the runs it comes from (MLflow write).
+    """
+    bad = sorted(set(formats) - set(render.RENDERERS))
+    if bad:
+        raise ValueError(f"unknown table format(s) {bad}; choose from {sorted(render.RENDERERS)}")
+    names, wanted, auto, uris = resolve_sources(sources)
+    if tracking_uri is None and len(uris) > 1:
+        raise ValueError(f"the sweep files name different tracking URIs {sorted(uris)}; "
+                         f"pass --tracking-uri to choose one")
+    tracking_uri = tracking_uri or next(iter(uris), None)
+    runs = tables.load_runs(names, tracking_uri)
+    paper = tables.load_paper()
+    out = pathlib.Path(out_dir or pathlib.Path("results") / "+".join(names))
+    out.mkdir(parents=True, exist_ok=True)
+    built = {key: make(runs, paper) for key, make in tables.TABLES.items()}
+    built = {k: t for k, t in built.items() if k in wanted or (auto and tables.supported(t))}
+    written = []
+    for key, table in built.items():
+        for fmt in formats:
+            path = out / f"{key}{render.SUFFIX[fmt]}"
+            path.write_text(render.RENDERERS[fmt](table))
+            written.append(path)
+    fig_wanted = {a for a in ARTEFACTS if a.startswith("figure") and (auto or a in wanted)}
+    pairs, notes, analyses = figures.make_figures(runs, out, tracking_uri, fig_wanted)
+    notes = {k: v for k, v in notes.items() if k in wanted}   # silent about figures nobody asked for
+    if log_figures and pairs:
+        figures.log_figure_artifacts(pairs, tracking_uri)
+    pngs = sorted({p for _, p in pairs})
+    report = out / "report.md"
+    report.write_text(report_markdown(names, runs, built, check_claims(built, analyses), pngs, notes,
+                                      tracking_uri))
+    written += pngs + [report]
+    for path in written:
+        print(path)
+    return written

@@ -1,0 +1,100 @@
+"""`python -m trainer`: one trial, no Ray, no MLflow.
+
+    python -m trainer --dataset synthetic --arch bottleneck --width 16 --batch-size 5 \\
+        --regularizer --epochs 2 [--json out.json] [--checkpoint-dir ckpt]
+    python -m trainer memory [--format table|json]      # Table 5: our bytes beside the paper's
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+import typing
+
+from .config import Config, ConfigError
+from .memory import table5_rows
+
+
+def config_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m trainer",
+        description="Train one trial of the paper's grid (no Ray, no MLflow) and print its "
+                    "measurements. `python -m trainer memory` prints Table 5 instead.",
+        epilog="Every flag is a field of trainer/config.py's Config; see its comments for units.")
+    hints = typing.get_type_hints(Config)
+    for f in dataclasses.fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        if hints[f.name] is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+        else:
+            p.add_argument(flag, type=hints[f.name], default=f.default,
+                           help=f"default: {f.default}")
+    p.add_argument("--checkpoint-dir", help="save state here each checkpoint_every epochs; "
+                                            "a rerun with the same folder resumes")
+    p.add_argument("--json", metavar="FILE", help="also write the measurements as JSON")
+    return p
+
+
+def run_trial(argv: list[str]) -> int:
+    args = vars(config_parser().parse_args(argv))
+    checkpoint_dir, json_path = args.pop("checkpoint_dir"), args.pop("json")
+    try:
+        cfg = Config.from_dict(args, source="flags")
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    from .train import train  # torch import after argument errors, which are instant
+
+    print("config: " + " ".join(f"{k}={v}" for k, v in cfg.to_dict().items()), file=sys.stderr)
+    history, t0 = [], time.perf_counter()
+
+    def progress(epoch, step, steps):
+        done = step / steps
+        bar = "#" * int(30 * done) + "." * (30 - int(30 * done))
+        print(f"\repoch {epoch}/{cfg.epochs} [{bar}] {step}/{steps} "
+              f"{time.perf_counter() - t0:6.0f}s", end="", file=sys.stderr, flush=True)
+
+    for m in train(cfg, checkpoint_dir, progress):
+        if m.final:
+            summary = m.metrics
+            break
+        history.append({"epoch": m.epoch, **m.metrics})
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in m.metrics.items())
+        print(f"\repoch {m.epoch}/{cfg.epochs}: {shown}" + " " * 10, file=sys.stderr)
+    print(json.dumps(summary, indent=2))
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump({"config": cfg.to_dict(), "history": history, "final": summary}, f, indent=2)
+    return 0
+
+
+def memory(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m trainer memory",
+                                description="Table 5: model parameter and buffer bytes, ours "
+                                            "beside the paper's (10 classes, full width).")
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    rows = table5_rows()
+    if p.parse_args(argv).format == "json":
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'model':<16}{'params (ours)':>16}{'paper':>14}{'buffers (ours)':>16}{'paper':>9}"
+          f"{'total (ours)':>15}{'paper':>14}")
+    for r in rows:
+        print(f"{r['model']:<16}{r['param_bytes']:>16,}{r['paper_param_bytes']:>14,}"
+              f"{r['buffer_bytes']:>16,}{r['paper_buffer_bytes']:>9,}"
+              f"{r['total_bytes']:>15,}{r['paper_total_bytes']:>14,}")
+    print("W=16/8 differ by design: see DESIGN.md (K = 16*W reading).")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["memory"]:
+        return memory(argv[1:])
+    return run_trial(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""CIFAR-10/100 and a generated CIFAR-shaped dataset, held on the training device.
+
+The images sit on the device as one uint8 tensor [N, 3, 32, 32]; batches are drawn by a
+per-epoch permutation and augmented + normalised there (airbench-style). At batch size 5
+a DataLoader with worker processes would cost more than the step itself.
+"""
+from __future__ import annotations
+
+import hashlib
+import pickle
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+# Per-channel mean/std of the CIFAR-10 training set (0-1 scale); used for every dataset.
+MEAN = (0.4914, 0.4822, 0.4465)
+STD = (0.2470, 0.2435, 0.2616)
+
+# The dataset and its stratified subsets do not depend on the trial's seed: every trial of
+# a sweep sees the same images, and seeds vary only init, data order and augmentation.
+DATA_SEED = 0
+
+CIFAR = {  # folder, files (name, official md5), archive to place, URL
+    "cifar10": dict(
+        folder="cifar-10-batches-py",
+        train=[("data_batch_1", "c99cafc152244af753f735de768cd75f"),
+               ("data_batch_2", "d4bba439e000b95fd0a9bffe97cbabec"),
+               ("data_batch_3", "54ebc095f3ab1f0389bbae665268c751"),
+               ("data_batch_4", "634d18415352ddfa80567beed471001a"),
+               ("data_batch_5", "482c414d41f54cd18b22e5b47cb7c3cb")],
+        test=[("test_batch", "40351d587109b95175f43aff81a1287e")],
+        label_key=b"labels",
+        archive="cifar-10-python.tar.gz",
+        url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"),
+    "cifar100": dict(
+        folder="cifar-100-python",
+        train=[("train", "16019d7e3df5f24257cddd939b257f8d")],
+        test=[("test", "f0ef6b0ae62326f3e7ffdfab6717acfc")],
+        label_key=b"fine_labels",
+        archive="cifar-100-python.tar.gz",
+        url="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"),
+}
+
+
+class DatasetNotFound(FileNotFoundError):
+    """The CIFAR folder is missing and could not be downloaded; the message says what to do."""
+
+
+@dataclass
+class Data:
+    train_x: torch.Tensor  # (N, 3, 32, 32) uint8, on the device
+    train_y: torch.Tensor  # (N,) int64
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+
+
+def load_data(dataset: str, data_dir: str, num_classes: int, train_samples: int,
+              test_samples: int, device: torch.device) -> Data:
+    if dataset == "synthetic":
+        n_train, n_test = train_samples or 50_000, test_samples or 10_000
+        x, y = synthetic_images(n_train + n_test, num_classes, seed=DATA_SEED)
+        parts = (x[:n_train], y[:n_train], x[n_train:], y[n_train:])
+    else:
+        parts = read_cifar(dataset, Path(data_dir))
+        if train_samples:
+            parts = (*stratified_subset(parts[0], parts[1], train_samples), *parts[2:])
+        if test_samples:
+            parts = (*parts[:2], *stratified_subset(parts[2], parts[3], test_samples))
+    train_x, train_y, test_x, test_y = (t.to(device) for t in parts)
+    return Data(train_x, train_y, test_x, test_y, num_classes)
+
+
+def read_cifar(dataset: str, data_dir: Path):
+    """Read torchvision's on-disk layout; download it with torchvision when it is missing."""
+    spec = CIFAR[dataset]
+    folder = data_dir / spec["folder"]
+    if not folder.is_dir():
+        _download(dataset, data_dir)
+    files = spec["train"] + spec["test"]
+    missing = [name for name, _ in files if not (folder / name).is_file()]
+    if missing:
+        raise DatasetNotFound(
+            f"{folder} exists but lacks {missing}. Extract {spec['archive']} "
+            f"({spec['url']}) into {data_dir.resolve()} so that {folder.name}/ is complete.")
+    changed = [name for name, md5 in files if _md5(folder / name) != md5]
+    if changed:  # e.g. the shared JPEG re-encoded sample: same layout, other pixels
+        warnings.warn(f"{folder}: {changed} differ from the official {dataset} release "
+                      f"(checksums); using them as they are.", stacklevel=2)
+
+    def read(names):
+        xs, ys = [], []
+        for name, _ in names:
+            with open(folder / name, "rb") as f:
+                entry = pickle.load(f, encoding="bytes")
+            xs.append(torch.as_tensor(entry[b"data"], dtype=torch.uint8).view(-1, 3, 32, 32))
+            ys.append(torch.as_tensor(entry[spec["label_key"]], dtype=torch.int64))
+        return torch.cat(xs), torch.cat(ys)
+
+    return (*read(spec["train"]), *read(spec["test"]))
+
+
+def _download(dataset: str, data_dir: Path) -> None:
+    import torchvision  # only needed here
+
+    spec = CIFAR[dataset]
+    cls = {"cifar10": torchvision.datasets.CIFAR10, "cifar100": torchvision.datasets.CIFAR100}
+    try:
+        cls[dataset](root=str(data_dir), train=True, download=True)
+    except Exception as err:  # offline, proxy, disk: the cause is in the message
+        raise DatasetNotFound(
+            f"{dataset} not found: looked for {(data_dir / spec['folder']).resolve()}/ and "
+            f"the download failed ({type(err).__name__}: {err}). Place {spec['archive']} "
+            f"from {spec['url']} in {data_dir.resolve()}/ and extract it there "
+            f"(tar xzf {spec['archive']}), or set data_dir to a folder that holds "
+            f"{spec['folder']}/.") from err
+
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def stratified_subset(x: torch.Tensor, y: torch.Tensor, n: int):
+    """n samples with the classes in their original proportions (a fixed, seed-free draw)."""
+    if n >= len(y):
+        return x, y
+    g = torch.Generator().manual_seed(DATA_SEED)
+    order = torch.randperm(len(y), generator=g)
+    classes = torch.unique(y)
+    per_class = n // len(classes)
+    keep = torch.cat([order[y[order] == c][:per_class] for c in classes])
+    rest = order[~torch.isin(order, keep)][: n - len(keep)]  # fill up when n % classes != 0
+    keep = torch.sort(torch.cat([keep, rest])).values
+    return x[keep], y[keep]
+
+
+def synthetic_images(n: int, num_classes: int, seed: int):
+    """A learnable CIFAR-shaped dataset: each class has a smooth colour prototype; a sample
+    is its prototype, shifted by up to 4 px, scaled in contrast, plus smooth and pixel noise.
+
+    Returns x (n, 3, 32, 32) uint8 and y (n,) int64 with balanced classes. Deterministic in
+    (n, num_classes, seed): the same arguments give the same bytes on every machine.
+    """
+    g = torch.Generator().manual_seed(seed)
+    low = torch.randn(num_classes, 3, 4, 4, generator=g)  # class structure at 8-px scale
+    protos = torch.nn.functional.interpolate(low, size=(40, 40), mode="bicubic")
+    y = torch.arange(n) % num_classes
+    y = y[torch.randperm(n, generator=g)]
+    xs = []
+    for start in range(0, n, 4096):  # chunks keep the float working set small
+        yc = y[start:start + 4096]
+        b = len(yc)
+        dx, dy = torch.randint(0, 9, (2, b), generator=g)
+        base = _crop(protos[yc], dy, dx)                                   # (b, 3, 32, 32)
+        smooth = torch.nn.functional.interpolate(
+            torch.randn(b, 3, 8, 8, generator=g), size=(32, 32), mode="bilinear")
+        contrast = 0.6 + 0.8 * torch.rand(b, 1, 1, 1, generator=g)
+        img = contrast * base + 0.7 * smooth + 0.3 * torch.randn(b, 3, 32, 32, generator=g)
+        xs.append((128 + 45 * img).clamp(0, 255).to(torch.uint8))
+    return torch.cat(xs), y
+
+
+def _crop(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, size: int = 32):
+    """Per-sample crops: images (B, C, H, W), offsets (B,) -> (B, C, size, size)."""
+    idx = torch.arange(size, device=images.device)
+    rows = (dy[:, None] + idx)[:, None, :, None]                         # (B, 1, size, 1)
+    cols = (dx[:, None] + idx)[:, None, None, :]                         # (B, 1, 1, size)
+    b = torch.arange(len(images), device=images.device)[:, None, None, None]
+    c = torch.arange(images.shape[1], device=images.device)[None, :, None, None]
+    return images[b, c, rows, cols]
+
+
+def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random crop with 4-px zero padding + horizontal flip. x (B, 3, 32, 32) uint8.
+    Random numbers come from `gen` (CPU) so the run's state is one checkpointable generator."""
+    b = len(x)
+    dy, dx = torch.randint(0, 9, (2, b), generator=gen).to(x.device)
+    flip = (torch.rand(b, generator=gen) < 0.5).to(x.device)
+    x = _crop(torch.nn.functional.pad(x, (4, 4, 4, 4)), dy, dx)
+    return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 3, 32, 32) -> float32, per-channel standardised."""
+    mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
+    return (x.float() / 255 - mean) / std
+
+
+def train_batches(data: Data, batch_size: int, gen: torch.Generator, augment_on: bool):
+    """One epoch: a permutation of the training set in full batches. The last partial batch
+    is dropped (BatchNorm cannot train on a batch of one; the paper's batches are all full)."""
+    order = torch.randperm(len(data.train_y), generator=gen).to(data.train_x.device)
+    for start in range(0, len(order) - batch_size + 1, batch_size):
+        idx = order[start:start + batch_size]
+        x = data.train_x[idx]
+        if augment_on:
+            x = augment(x, gen)
+        yield normalize(x), data.train_y[idx]
+
+
+def steps_per_epoch(data: Data, batch_size: int) -> int:
+    return len(data.train_y) // batch_size

@@ -1,0 +1,102 @@
+"""Memory measurements: model bytes (Table 5), CUDA peak/dynamic memory (section 4.4) and
+the Figure 3 timeline of allocated memory over training steps, passes marked.
+
+On CPU there is no allocator to read: GPU memory metrics are absent, never estimated.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+MB = 2 ** 20
+
+# Table 5 of the paper (bytes, 10 classes): the numbers `python -m trainer memory` compares
+# against. The orchestrator's copy of every published number is orchestrator/paper.yaml.
+PAPER_TABLE5 = {
+    "vgg16": (134_586_664, 33_896),
+    "bottleneck_w32": (62_059_304, 49_848),
+    "bottleneck_w16": (60_480_040, 43_960),
+    "bottleneck_w8": (60_082_856, 41_016),
+}
+
+
+def model_bytes(model: nn.Module) -> tuple[int, int]:
+    """(parameter bytes, buffer bytes): what the model itself keeps resident (Table 5)."""
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    buffers = sum(b.numel() * b.element_size() for b in model.buffers())
+    return params, buffers
+
+
+def table5_rows(num_classes: int = 10) -> list[dict]:
+    """Our bytes beside the paper's for every model of Table 5 (full-width VGG)."""
+    from .model import Net  # local: model imports nothing from here
+
+    rows = []
+    for name, (paper_params, paper_buffers) in PAPER_TABLE5.items():
+        arch, _, w = name.partition("_w")
+        params, buffers = model_bytes(Net(arch, int(w or 32), num_classes))
+        rows.append(dict(model=name, param_bytes=params, buffer_bytes=buffers,
+                         total_bytes=params + buffers, paper_param_bytes=paper_params,
+                         paper_buffer_bytes=paper_buffers,
+                         paper_total_bytes=paper_params + paper_buffers))
+    return rows
+
+
+def cuda_peak_metrics(device: torch.device, model_total_bytes: int) -> dict:
+    """Peak allocated memory since the last reset, and that peak minus the model's bytes.
+    Call `torch.cuda.reset_peak_memory_stats(device)` at the start of the measured epoch."""
+    peak = torch.cuda.max_memory_allocated(device)
+    return {"peak_memory_mb": peak / MB,
+            "dynamic_peak_memory_mb": (peak - model_total_bytes) / MB,
+            "gpu_total_memory_mb": torch.cuda.get_device_properties(device).total_memory / MB}
+
+
+class MemoryTimeline:
+    """Figure 3: allocated memory sampled as each layer finishes its forward and backward.
+
+    Phases, as in the paper: fwd1/bwd1 = forward/backward through the conv section,
+    fwd2/bwd2 = through the fully connected section. `sample` returns bytes; it is
+    torch.cuda.memory_allocated on CUDA (tests pass a fake to check the marks on CPU).
+    """
+
+    def __init__(self, model: nn.Module, sample: Callable[[], int], max_steps: int):
+        self.sample, self.max_steps = sample, max_steps
+        self.records: list[dict] = []
+        self.step = 0
+        self.handles = []
+        for section, fwd, bwd in ((model.features, "fwd1", "bwd1"), (model.head, "fwd2", "bwd2")):
+            for module in section.modules():
+                if not list(module.children()) or module is section:
+                    self.handles.append(module.register_forward_hook(self._hook(fwd, bwd)))
+
+    def _hook(self, fwd: str, bwd: str):
+        def hook(module, inputs, output):
+            if not self.active:
+                return
+            self._record(fwd)
+            for t in output if isinstance(output, (tuple, list)) else [output]:
+                if isinstance(t, torch.Tensor) and t.requires_grad:
+                    t.register_hook(lambda grad: self._record(bwd))
+                    break
+        return hook
+
+    @property
+    def active(self) -> bool:
+        return self.step < self.max_steps and torch.is_grad_enabled()
+
+    def _record(self, phase: str) -> None:
+        self.records.append({"step": self.step, "event": len(self.records), "phase": phase,
+                             "allocated_mb": self.sample() / MB})
+
+    def end_step(self) -> None:
+        """Call after optimizer.step(): the step's last sample, then the next step."""
+        if self.active:
+            self._record("step_end")
+        self.step += 1
+
+    def close(self) -> dict:
+        for h in self.handles:
+            h.remove()
+        return {"phases": ["fwd1", "fwd2", "bwd2", "bwd1"], "records": self.records}
