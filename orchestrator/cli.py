@@ -101,6 +101,11 @@ def cmd_run(args) -> int:
     tags = tracking.provenance_tags(sweep.path.parent)
     states = tracking.runs_by_key(uri, sweep.name)
     storage = Path(sweep.storage_path or driver.default_storage()).resolve()
+    if "://" in str(sweep.storage_path or ""):
+        print(f"error: storage {sweep.storage_path!r} is a URI; checkpoints need a folder every "
+              f"node mounts (NFS, EFS, a shared volume), e.g. --storage /mnt/shared/ray_results",
+              file=sys.stderr)
+        return 2
     threads = max(1, int(resources.get("cpu", 1)))
     jobs = []
     for t in todo:

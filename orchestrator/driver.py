@@ -9,6 +9,7 @@ FINISHED, and every trial resumes from its own checkpoint folder,
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import sys
@@ -24,7 +25,6 @@ from . import tracking
 
 RAY_ENV = {"RAY_CHDIR_TO_TRIAL_DIR": "0",       # trials keep the driver's folder; paths are absolute anyway
            "RAY_USAGE_STATS_ENABLED": "0",
-           "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",   # no TensorBoard/CSV/JSON per trial: MLflow holds results
            "RAY_AIR_NEW_OUTPUT": "0"}
 
 
@@ -85,7 +85,9 @@ def run_trial(job: Job) -> None:
     logger.start({**job.tags, **where_am_i()})
     try:
         cfg = Config.from_dict({**job.config, "threads": job.threads}, source=job.name)
-        for m in train(cfg, job.checkpoint_dir):
+        for i, m in enumerate(train(cfg, job.checkpoint_dir)):
+            if i == 0:   # says whether this attempt resumed from a checkpoint, and from where
+                logger.tag("resumed_from_epoch", m.epoch - 1)
             for name, obj in m.artifacts.items():
                 logger.log_json(name, obj)
             if m.final:
@@ -101,7 +103,7 @@ def run_trial(job: Job) -> None:
 
 def where_am_i() -> dict:
     """Run tags that say where a trial ran: node, GPU model and its memory."""
-    tags = {"host": socket.gethostname()}
+    tags = {"host": socket.gethostname(), "pid": os.getpid()}
     try:
         ctx = ray.get_runtime_context()
         tags.update(ray_node_id=ctx.get_node_id(), node_ip=ray.util.get_node_ip_address())
@@ -117,7 +119,7 @@ def where_am_i() -> dict:
 
 
 def tune_trial(params: dict) -> None:
-    run_trial(params["job"])
+    run_trial(Job(**params["job"]))
 
 
 class Progress(tune.Callback):
@@ -136,7 +138,7 @@ class Progress(tune.Callback):
               f"{self.failed} failed | {text}", file=self.out, flush=True)
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        name = trial.config["job"].name
+        name = trial.config["job"]["name"]
         self.running[trial.trial_id] = name
         self._line(f"{name} started")
 
@@ -144,17 +146,17 @@ class Progress(tune.Callback):
         job = trial.config["job"]
         acc = result.get("test_accuracy")
         shown = f", test {acc:.1f}%" if acc is not None else ""
-        self._line(f"{job.name} epoch {result.get('epoch')}/{self.epochs[job.key]}{shown}")
+        self._line(f"{job['name']} epoch {result.get('epoch')}/{self.epochs[job['key']]}{shown}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.running.pop(trial.trial_id, None)
         self.done += 1
-        self._line(f"{trial.config['job'].name} finished")
+        self._line(f"{trial.config['job']['name']} finished")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.running.pop(trial.trial_id, None)
         self.failed += 1
-        self._line(f"{trial.config['job'].name} FAILED (error in MLflow tag 'error' and "
+        self._line(f"{trial.config['job']['name']} FAILED (error in MLflow tag 'error' and "
                    f"{trial.local_path})")
 
 
@@ -166,10 +168,10 @@ def run_jobs(jobs: list[Job], sweep_name: str, resources: dict, storage: str,
     trainable = tune.with_resources(tune_trial, resources)
     tuner = tune.Tuner(
         trainable,
-        param_space={"job": tune.grid_search(jobs)},
+        param_space={"job": tune.grid_search([dataclasses.asdict(j) for j in jobs])},
         tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent or None,
-                                    trial_name_creator=lambda t: t.config["job"].name,
-                                    trial_dirname_creator=lambda t: t.config["job"].name),
+                                    trial_name_creator=lambda t: t.config["job"]["name"],
+                                    trial_dirname_creator=lambda t: t.config["job"]["name"]),
         run_config=tune.RunConfig(
             name=f"{sweep_name}-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=str(Path(storage) / "tune"),
@@ -178,7 +180,7 @@ def run_jobs(jobs: list[Job], sweep_name: str, resources: dict, storage: str,
             verbose=0),
     )
     results = tuner.fit()
-    failed = [r.config["job"].name for r in results if r.error is not None]
+    failed = [r.config["job"]["name"] for r in results if r.error is not None]
     return {"finished": len(jobs) - len(failed), "failed": failed}
 
 

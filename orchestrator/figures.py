@@ -2,12 +2,15 @@
 
 Artifacts read (written by the trainer/orchestrator at the end of a run):
 
-`memory_timeline.json` (Figure 3; runs with `memory_timeline: true`, CUDA only):
+`memory_timeline.json` (Figure 3; runs with `memory_timeline: true`, CUDA only;
+written by trainer/memory.py MemoryTimeline):
     {"phases": ["fwd1", "fwd2", "bwd2", "bwd1"],   # conv fwd, FC fwd, FC bwd, conv bwd
-     "records": [{"t": float,             # step index or fraction of the epoch
+     "records": [{"step": int,            # training step of the epoch the sample is in
+                  "event": int,           # running index of the sample (the x axis)
                   "allocated_mb": float,  # torch.cuda.memory_allocated, MB
-                  "phase": "fwd1"}, ...],
+                  "phase": "fwd1"}, ...], # or "step_end" (after optimizer.step)
      "batch_size": int, "arch": str, "width": int}
+    A record may carry "t" (any increasing position) instead of "event".
 
 `representation_analysis.json` (Figures 4-5; runs with `representation_analysis: true`):
     {"train": R, "test": R} where R = trainer.analysis.representation_analysis(...):
@@ -32,9 +35,11 @@ import pandas as pd  # noqa: E402
 
 from orchestrator import tables  # noqa: E402
 
-PHASE_COLORS = {"fwd1": "tab:red", "fwd2": "tab:green", "bwd2": "gold", "bwd1": "tab:purple"}
+PHASE_COLORS = {"fwd1": "tab:red", "fwd2": "tab:green", "bwd2": "gold", "bwd1": "tab:purple",
+                "step_end": "gray"}   # the paper's colours: red/green forward, yellow/purple backward
 PHASE_NAMES = {"fwd1": "fwd1 (conv forward)", "fwd2": "fwd2 (FC forward)",
-               "bwd2": "bwd2 (FC backward)", "bwd1": "bwd1 (conv backward)"}
+               "bwd2": "bwd2 (FC backward)", "bwd1": "bwd1 (conv backward)",
+               "step_end": "optimizer step"}
 CLASS_NAMES = {3: "cat", 5: "dog"}   # CIFAR-10 ids of the two classes of Figures 4-5
 FIGURE_ARTIFACT_DIR = "figures"      # where in a run's artifacts the PNGs go
 
@@ -42,6 +47,7 @@ FIGURE_ARTIFACT_DIR = "figures"      # where in a run's artifacts the PNGs go
 def figure3(timeline: dict, path: pathlib.Path, title: str) -> pathlib.Path:
     """Allocated GPU memory (MB) over the steps of one epoch, coloured by pass (Fig. 3)."""
     records = timeline["records"]
+    x = [r.get("t", r.get("event", i)) for i, r in enumerate(records)]
     fig, ax = plt.subplots(figsize=(7, 3.5))
     seen = set()
     start = 0
@@ -49,16 +55,17 @@ def figure3(timeline: dict, path: pathlib.Path, title: str) -> pathlib.Path:
         if i < len(records) and records[i]["phase"] == records[start]["phase"]:
             continue
         phase = records[start]["phase"]
-        seg = records[start:min(i + 1, len(records))]   # +1 joins the next segment
-        ax.plot([r["t"] for r in seg], [r["allocated_mb"] for r in seg],
+        end = min(i + 1, len(records))                  # +1 joins the next segment
+        ax.plot(x[start:end], [r["allocated_mb"] for r in records[start:end]],
                 color=PHASE_COLORS.get(phase, "gray"),
                 label=None if phase in seen else PHASE_NAMES.get(phase, phase))
         seen.add(phase)
         start = i
-    ax.set_xlabel("training step in the epoch")
+    steps = len({r["step"] for r in records}) if records and "step" in records[0] else None
+    ax.set_xlabel(f"memory sample over the first {steps} training steps" if steps else "time in the epoch")
     ax.set_ylabel("allocated GPU memory (MB)")
     ax.set_title(title)
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -79,8 +86,8 @@ def figure4(without: dict | None, with_: dict | None, path: pathlib.Path, title:
               for split in ("train", "test") for name, runs in (("without", without), ("with", with_))
               if runs is not None and split in runs]
     layers = _figure4_layers(panels[0][1])
-    fig, axes = plt.subplots(len(panels), len(layers), figsize=(2.2 * len(layers), 2.2 * len(panels)),
-                             squeeze=False)
+    fig, axes = plt.subplots(len(panels), len(layers), squeeze=False,
+                             figsize=(max(6.0, 2.2 * len(layers)), 2.2 * len(panels)))
     for r, (label, analysis) in enumerate(panels):
         labels = pd.Series(analysis["labels"])
         for c, layer in enumerate(layers):
@@ -95,7 +102,7 @@ def figure4(without: dict | None, with_: dict | None, path: pathlib.Path, title:
             if c == 0:
                 ax.set_ylabel(label, fontsize=8)
     axes[0][0].legend(fontsize=7, markerscale=3)
-    fig.suptitle(title)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

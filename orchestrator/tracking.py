@@ -161,6 +161,10 @@ class TrialLogger:
         self.c.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     @_retry
+    def tag(self, key: str, value) -> None:
+        self.c.set_tag(self.run_id, key, str(value))
+
+    @_retry
     def log_epoch(self, epoch: int, metrics: dict) -> None:
         """Per-epoch metrics at step=epoch, unless this run already holds that epoch (the
         trial resumed from an older checkpoint than its last logged epoch)."""

@@ -89,8 +89,10 @@ def test_lda_claims_flip():
 # ----------------------------------------------------------------------------- real MLflow store
 def _timeline():
     phases = ["fwd1"] * 3 + ["fwd2"] * 2 + ["bwd2"] * 2 + ["bwd1"] * 3
+    phases = (phases + ["step_end"]) * 2   # two steps, as trainer/memory.py MemoryTimeline records them
     return {"phases": ["fwd1", "fwd2", "bwd2", "bwd1"], "batch_size": 16, "arch": "bottleneck", "width": 16,
-            "records": [{"t": t, "allocated_mb": 100.0 + 10 * t, "phase": p} for t, p in enumerate(phases)]}
+            "records": [{"step": e // 11, "event": e, "allocated_mb": 100.0 + 10 * (e % 11), "phase": p}
+                        for e, p in enumerate(phases)]}
 
 
 def _analysis(separation, rng):
@@ -185,6 +187,10 @@ def test_build_tables_renders_everything_and_logs_figures(store, tmp_path):
     text = (out / "report.md").read_text()
     assert "git commits abc1234def" in text and "![figure4_synthetic-w16-b16-s0](figure4_synthetic-w16-b16-s0.png)" in text
     assert "| LDA on test t-SNE is more accurate with the regularizer" in text
+    # The smoke-like batch-16 rows count too: W=16 measured (45 > 40), the rest failed/running/not run.
+    assert ("in every CIFAR-10 cell (Table 1) | 9 of 9 | 1 of 1 (11 missing) | **open (cells missing)** |"
+            in text)
+    assert "| Bottleneck model memory is under 50% of VGG16's for every W (Table 5) | 3 of 3 | 1 of 1 (2 missing)" in text
     client = mlflow.MlflowClient(tracking_uri=uri)
     logged = {f.path for f in client.list_artifacts(ids[1], "figures")}
     assert logged == {"figures/figure3_bottleneck-w16-b16-reg.png", "figures/figure4_synthetic-w16-b16-s0.png",

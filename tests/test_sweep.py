@@ -16,7 +16,7 @@ SHIPPED = {
     "table4.yaml": (7, ["table4"]),               # 3 W x reg off/on + vanilla baseline
     "table5.yaml": (8, ["table5", "memory_peaks", "figure3"]),  # 2 batch x (3 W + vanilla)
     "figure4.yaml": (2, ["figure4", "figure5"]),  # reg off/on
-    "smoke.yaml": (4, ["table1", "table2"]),      # 2 W x reg off/on
+    "smoke.yaml": (8, ["table1", "table2"]),      # 2 W x 2 batch x reg off/on
 }
 
 

@@ -129,9 +129,9 @@ def stratified_subset(x: torch.Tensor, y: torch.Tensor, n: int):
     g = torch.Generator().manual_seed(DATA_SEED)
     order = torch.randperm(len(y), generator=g)
     classes = torch.unique(y)
-    per_class = n // len(classes)
-    keep = torch.cat([order[y[order] == c][:per_class] for c in classes])
-    rest = order[~torch.isin(order, keep)][: n - len(keep)]  # fill up when n % classes != 0
+    per_class = (torch.bincount(y)[classes] * n // len(y)).tolist()  # floor of each share
+    keep = torch.cat([order[y[order] == c][:k] for c, k in zip(classes, per_class)])
+    rest = order[~torch.isin(order, keep)][: n - len(keep)]  # fill up the rounding remainder
     keep = torch.sort(torch.cat([keep, rest])).values
     return x[keep], y[keep]
 

@@ -100,3 +100,10 @@ class MemoryTimeline:
         for h in self.handles:
             h.remove()
         return {"phases": ["fwd1", "fwd2", "bwd2", "bwd1"], "records": self.records}
+
+
+def forward_peak_mb(timeline: dict, model_total_bytes: int) -> float:
+    """Section 4.4's forward-pass peak: the highest dynamic memory (allocated minus the
+    model's bytes) sampled during fwd1/fwd2 in the timeline's steps."""
+    fwd = [r["allocated_mb"] for r in timeline["records"] if r["phase"] in ("fwd1", "fwd2")]
+    return max(fwd, default=0.0) - model_total_bytes / MB

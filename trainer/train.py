@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from .config import Config
 from .data import Data, load_data, normalize, steps_per_epoch, train_batches
 from .manifold import local_loss, local_terms
-from .memory import MemoryTimeline, cuda_peak_metrics, model_bytes
+from .memory import MemoryTimeline, cuda_peak_metrics, forward_peak_mb, model_bytes
 from .model import build_model
 
 CHECKPOINT = "checkpoint.pt"
@@ -123,7 +123,11 @@ def train(cfg: Config, checkpoint_dir: str | os.PathLike | None = None,
         saved = None
         if ckpt_dir and (epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs):
             saved = save_checkpoint(ckpt_dir, cfg, model, opt, gen, epoch)
-        artifacts = {"memory_timeline.json": _timeline_artifact(timeline, cfg)} if timeline else {}
+        artifacts = {}
+        if timeline:
+            artifacts["memory_timeline.json"] = _timeline_artifact(timeline, cfg)
+            metrics["forward_peak_memory_mb"] = forward_peak_mb(
+                artifacts["memory_timeline.json"], param_bytes + buffer_bytes)
         yield Measurement(epoch, metrics, saved, artifacts)
 
     final = {"model_param_bytes": param_bytes, "model_buffer_bytes": buffer_bytes}

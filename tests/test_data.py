@@ -1,0 +1,143 @@
+"""Data: the generated dataset, subsets, augmentation, batching and the CIFAR folder rules."""
+import hashlib
+import pickle
+import warnings
+
+import pytest
+import torch
+import torchvision
+
+from trainer.data import (CIFAR, Data, DatasetNotFound, augment, load_data, read_cifar,
+                          steps_per_epoch, stratified_subset, synthetic_images, train_batches)
+
+
+def sha256(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.numpy().tobytes()).hexdigest()
+
+
+def test_synthetic_is_deterministic_by_seed():
+    x1, y1 = synthetic_images(300, 10, seed=0)
+    x2, y2 = synthetic_images(300, 10, seed=0)
+    x3, _ = synthetic_images(300, 10, seed=1)
+    assert (sha256(x1), sha256(y1)) == (sha256(x2), sha256(y2))
+    assert sha256(x1) != sha256(x3)
+    assert x1.shape == (300, 3, 32, 32) and x1.dtype == torch.uint8 and y1.dtype == torch.int64
+
+
+@pytest.mark.parametrize("classes", [10, 100], ids=["c10", "c100"])
+def test_synthetic_classes_are_balanced(classes):
+    _, y = synthetic_images(1000, classes, seed=0)
+    assert torch.bincount(y, minlength=classes).tolist() == [1000 // classes] * classes
+
+
+@pytest.mark.parametrize("classes,min_accuracy", [(10, 0.6), (100, 0.3)], ids=["c10", "c100"])
+def test_synthetic_is_learnable_not_random_labels(classes, min_accuracy):
+    """Nearest class mean on raw pixels, fitted on one part, scored on another.
+    Chance is 1/classes; random labels would stay there."""
+    x, y = synthetic_images(3000, classes, seed=0)
+    x = x.float().flatten(1) / 255
+    (x_fit, y_fit), (x_val, y_val) = (x[:2000], y[:2000]), (x[2000:], y[2000:])
+    means = torch.stack([x_fit[y_fit == c].mean(0) for c in range(classes)])
+    accuracy = (torch.cdist(x_val, means).argmin(1) == y_val).float().mean().item()
+    assert accuracy > min_accuracy
+    # the pixels are not the label alone: a class's images differ (shift, contrast, noise)
+    assert x_fit[y_fit == 0].std(0).mean() > 0.05
+
+
+@pytest.mark.parametrize("counts,n,expected", [
+    ([100] * 10, 50, [5] * 10),
+    ([600, 300, 100], 100, [60, 30, 10]),
+    ([500, 500], 7, None),                      # the remainder is filled: 7 in all, 3-4 each
+], ids=["balanced", "imbalanced-keeps-proportions", "remainder"])
+def test_stratified_subset_keeps_class_proportions(counts, n, expected):
+    y = torch.cat([torch.full((k,), c) for c, k in enumerate(counts)])
+    x = torch.arange(len(y))
+    xs, ys = stratified_subset(x, y, n)
+    got = torch.bincount(ys, minlength=len(counts)).tolist()
+    assert len(ys) == n and len(set(xs.tolist())) == n
+    assert torch.equal(y[xs], ys)                                   # images keep their labels
+    assert got == expected if expected else sorted(got) == [3, 4]
+    assert torch.equal(stratified_subset(x, y, n)[0], xs)           # a fixed draw
+
+
+def test_augment_is_a_padded_shift_or_flip_and_deterministic():
+    x = torch.randint(1, 256, (6, 3, 32, 32), dtype=torch.uint8,
+                      generator=torch.Generator().manual_seed(0))  # no zeros: padding shows
+    a1 = augment(x, torch.Generator().manual_seed(5))
+    a2 = augment(x, torch.Generator().manual_seed(5))
+    assert a1.shape == x.shape and a1.dtype == torch.uint8
+    assert torch.equal(a1, a2)
+    assert not torch.equal(a1, augment(x, torch.Generator().manual_seed(6)))
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    for img, out in zip(padded, a1):                   # each is one of the 81 x 2 candidates
+        crops = [c for dy in range(9) for dx in range(9)
+                 for c in (img[:, dy:dy + 32, dx:dx + 32], img[:, dy:dy + 32, dx:dx + 32].flip(2))]
+        assert any(torch.equal(out, c) for c in crops)
+
+
+@pytest.mark.parametrize("n,batch,steps", [(23, 5, 4), (25, 5, 5), (9, 2, 4)],
+                         ids=["partial-dropped", "exact", "odd"])
+def test_last_partial_batch_is_dropped(n, batch, steps):
+    x = torch.zeros(n, 3, 32, 32, dtype=torch.uint8)
+    data = Data(x, torch.arange(n), x[:2], torch.arange(2), 10)
+    batches = list(train_batches(data, batch, torch.Generator().manual_seed(0), augment_on=True))
+    assert steps_per_epoch(data, batch) == len(batches) == steps
+    assert all(bx.shape == (batch, 3, 32, 32) and bx.dtype == torch.float32 for bx, _ in batches)
+    seen = torch.cat([by for _, by in batches])
+    assert len(set(seen.tolist())) == steps * batch               # no sample twice an epoch
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])
+def test_offline_error_says_where_it_looked_what_to_place_and_the_url(dataset, tmp_path,
+                                                                      monkeypatch):
+    def offline(*args, **kwargs):
+        raise OSError("network unreachable")
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    monkeypatch.setattr(torchvision.datasets, "CIFAR100", offline)
+    spec = CIFAR[dataset]
+    with pytest.raises(DatasetNotFound) as err:
+        read_cifar(dataset, tmp_path / "data")
+    message = str(err.value)
+    assert str((tmp_path / "data" / spec["folder"]).resolve()) in message
+    assert spec["archive"] in message and spec["url"] in message
+    assert "network unreachable" in message
+
+
+def write_fake_cifar10(root, per_file: int = 4):
+    """cifar-10-batches-py/ in torchvision's layout, with pixels that fail the checksums."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    names = [name for name, _ in CIFAR["cifar10"]["train"] + CIFAR["cifar10"]["test"]]
+    for i, name in enumerate(names):
+        data = (torch.arange(per_file * 3072) % 251 + i).to(torch.uint8).view(per_file, 3072)
+        entry = {b"data": data.numpy(), b"labels": [(i + j) % 10 for j in range(per_file)]}
+        with open(folder / name, "wb") as f:
+            pickle.dump(entry, f)
+    return folder
+
+
+def test_a_folder_with_other_checksums_loads_with_one_warning(tmp_path):
+    write_fake_cifar10(tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train_x, train_y, test_x, test_y = read_cifar("cifar10", tmp_path)
+    assert [str(w.message).count("differ from the official") for w in caught] == [1]
+    assert train_x.shape == (20, 3, 32, 32) and test_x.shape == (4, 3, 32, 32)
+    assert train_y.tolist()[:6] == [0, 1, 2, 3, 1, 2] and test_y.tolist() == [5, 6, 7, 8]
+    assert int(train_x[0, 0, 0, 1]) == 1 and int(train_x[4, 0, 0, 0]) == 1   # CHW, file order
+
+
+def test_a_folder_missing_files_names_them(tmp_path):
+    folder = write_fake_cifar10(tmp_path)
+    (folder / "data_batch_3").unlink()
+    with pytest.raises(DatasetNotFound, match="data_batch_3"):
+        read_cifar("cifar10", tmp_path)
+
+
+def test_load_data_subsets_a_cifar_folder(tmp_path):
+    write_fake_cifar10(tmp_path, per_file=10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        data = load_data("cifar10", str(tmp_path), 10, 20, 5, torch.device("cpu"))
+    assert (len(data.train_y), len(data.test_y)) == (20, 5)
+    assert torch.bincount(data.train_y, minlength=10).tolist() == [2] * 10

@@ -1,0 +1,129 @@
+"""The manifold regularizer (Eq. 3-4): values, invariances, gradients and their scope."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from trainer.manifold import LocalTerm, distance_preservation_loss, local_loss, local_terms
+from trainer.model import Net
+
+T = torch.float64
+
+
+def orthogonal(d: int, seed: int) -> torch.Tensor:
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=torch.Generator().manual_seed(seed),
+                                       dtype=T))
+    return q
+
+
+def test_loss_matches_a_hand_computed_three_point_case():
+    prev = torch.tensor([[0.0], [1.0], [3.0]], dtype=T)            # d01=1, d02=3, d12=2
+    curr = torch.tensor([[0.0, 0.0], [3.0, 4.0], [6.0, 0.0]], dtype=T)  # d01=5, d02=6, d12=5
+    # (5-1)^2 + (6-3)^2 + (5-2)^2 = 16 + 9 + 9 = 34 per unordered pair set; x2 ordered pairs
+    assert distance_preservation_loss(prev, curr).item() == 68.0
+
+
+def test_loss_is_zero_for_an_isometry():
+    prev = torch.randn(7, 5, generator=torch.Generator().manual_seed(0), dtype=T)
+    rotated = prev @ orthogonal(5, 1)
+    padded = torch.cat([prev, torch.zeros(7, 3, dtype=T)], dim=1)     # into a wider space
+    assert distance_preservation_loss(prev, rotated).item() == pytest.approx(0, abs=1e-20)
+    assert distance_preservation_loss(prev, padded).item() == 0.0
+    assert distance_preservation_loss(prev, 2 * prev).item() > 1     # a dilation is not
+
+
+@pytest.mark.parametrize("which,transform", [
+    ("prev", "translate"), ("curr", "translate"), ("prev", "rotate"), ("curr", "rotate"),
+], ids=["translate-prev", "translate-curr", "rotate-prev", "rotate-curr"])
+def test_loss_is_invariant_to_rigid_motions_of_either_input(which, transform):
+    g = torch.Generator().manual_seed(2)
+    prev, curr = torch.randn(6, 4, generator=g, dtype=T), torch.randn(6, 3, generator=g, dtype=T)
+    base = distance_preservation_loss(prev, curr).item()
+    x = prev if which == "prev" else curr
+    if transform == "translate":
+        moved = x + 10 * torch.randn(1, x.shape[1], generator=g, dtype=T)
+    else:
+        moved = x @ orthogonal(x.shape[1], 3)
+    args = (moved, curr) if which == "prev" else (prev, moved)
+    assert base > 1
+    assert distance_preservation_loss(*args).item() == pytest.approx(base, rel=1e-12)
+
+
+def test_gradient_matches_finite_differences_away_from_coincident_points():
+    g = torch.Generator().manual_seed(4)
+    prev = torch.randn(5, 4, generator=g, dtype=T, requires_grad=True)
+    curr = torch.randn(5, 3, generator=g, dtype=T, requires_grad=True)
+    assert torch.autograd.gradcheck(distance_preservation_loss, (prev, curr))
+
+
+@pytest.mark.parametrize("prev,curr,value", [
+    # samples 0 and 1 coincide in both spaces: d01 = 0 -> 0; d02 = d12: 1 -> 5
+    ([[0.0], [0.0], [1.0]], [[0.0, 0.0], [0.0, 0.0], [3.0, 4.0]], 2 * (4 ** 2 + 4 ** 2)),
+    # every sample coincides in curr: distances 1, 2, 1 in prev all collapse to 0
+    ([[0.0], [1.0], [2.0]], [[1.0, 1.0], [1.0, 1.0], [1.0, 1.0]], 2 * (1 + 4 + 1)),
+], ids=["pair-coincides-in-both", "all-coincide-in-curr"])
+def test_gradient_is_finite_when_samples_coincide(prev, curr, value):
+    prev = torch.tensor(prev, dtype=T, requires_grad=True)
+    curr = torch.tensor(curr, dtype=T, requires_grad=True)
+    loss = distance_preservation_loss(prev, curr)
+    loss.backward()
+    assert loss.item() == value
+    assert torch.isfinite(prev.grad).all() and torch.isfinite(curr.grad).all()
+
+
+@pytest.mark.parametrize("reg_pairs,expected", [
+    ("adjacent", [(1, 2, (1, 2), "a1"), (2, 3, (2, 3), "a1"), (3, 4, (3, 4), "a1"),
+                  (4, 5, (4, 5), "a1"), (5, 6, (5, 6), "a2"), (6, 7, (6, 7), "a2"),
+                  (7, 8, (7, 8), "a2"), (8, 9, (8, 9), "a2"), (9, 10, (9, 10), "a2")]),
+    ("even", [(2, 4, (3, 4), "a1"), (4, 6, (5, 6), "a2"), (6, 8, (7, 8), "a2"),
+              (8, 10, (9, 10), "a2")]),
+], ids=["adjacent", "even"])
+def test_local_terms_pair_the_layers_and_weight_the_second_half_more(reg_pairs, expected):
+    alphas = {"a1": 1e-4, "a2": 1e-3}
+    terms = local_terms(10, reg_pairs, alphas["a1"], alphas["a2"])
+    assert terms == [LocalTerm(p, c, b, alphas[a]) for p, c, b, a in expected]
+
+
+def bn_state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()
+            if "running" in k or "num_batches" in k}
+
+
+TERMS = [(mode, t) for mode in ("adjacent", "even") for t in local_terms(10, mode, 1e-4, 1e-3)]
+
+
+@pytest.mark.parametrize("reg_pairs,term", TERMS,
+                         ids=[f"{m}-FC{t.prev}-FC{t.curr}" for m, t in TERMS])
+def test_local_term_reaches_exactly_the_layers_it_spans(reg_pairs, term):
+    torch.manual_seed(0)
+    model = Net("bottleneck", 4, 10, 16).train()
+    _, feats = model(torch.randn(6, 3, 32, 32))
+    before = bn_state(model)
+    loss = local_loss(model.head.blocks, feats, term, lam=1e-3)
+    names, params = zip(*model.named_parameters())
+    grads = dict(zip(names, torch.autograd.grad(loss, params, allow_unused=True)))
+    inside = {f"head.blocks.{j - 1}." for j in term.blocks}
+    for name, grad in grads.items():
+        if name[:14] in inside:
+            assert grad is not None and grad.abs().sum() > 0, name
+        else:
+            assert grad is None, name                # conv, other FC layers, the classifier
+    after = bn_state(model)
+    assert all(torch.equal(before[k], after[k]) for k in before)   # recomputation: no update
+
+
+@pytest.mark.parametrize("arch,reg_pairs", [
+    ("bottleneck", None), ("bottleneck", "adjacent"), ("bottleneck", "even"), ("vgg16", None),
+], ids=["bottleneck", "bottleneck-reg-adjacent", "bottleneck-reg-even", "vgg16"])
+def test_full_objective_gives_every_parameter_a_finite_gradient(arch, reg_pairs):
+    torch.manual_seed(0)
+    model = Net(arch, 4, 10, 16).train()
+    x, y = torch.randn(6, 3, 32, 32), torch.arange(6) % 10
+    logits, feats = model(x)
+    terms = local_terms(10, reg_pairs, 1e-4, 1e-3) if reg_pairs else []
+    loss = F.cross_entropy(logits, y) + sum(t.alpha * local_loss(model.head.blocks, feats, t, 1e-3)
+                                            for t in terms)
+    loss.backward()
+    assert torch.isfinite(logits).all() and torch.isfinite(loss)
+    for name, p in model.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name

@@ -1,0 +1,207 @@
+"""The orchestrator end to end, on CPU, through a real local Ray and a real MLflow store.
+
+Trials are tiny (conv widths / 16, a few hundred generated images) so each takes seconds;
+most of the time here is Ray and worker start-up.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = dict(dataset="synthetic", train_samples=120, test_samples=60, vgg_width_divisor=16,
+            augment=False, device="cpu", epochs=2, batch_size=6, lr=0.01,
+            alpha_first=0.0001, alpha_second=0.001, reg_lambda=0.001)
+
+
+def write_sweep(path: Path, name: str, grid: dict, base: dict | None = None, **top) -> Path:
+    doc = {"name": name, "description": "test sweep", "base": {**BASE, **(base or {})},
+           "grid": grid, "seeds": [0], "max_failures": 2, "reproduces": ["table1", "table2"],
+           **top}
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def runs(uri: str, name: str) -> list:
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(uri)
+    exp = c.get_experiment_by_name(name)
+    return [] if exp is None else c.search_runs([exp.experiment_id])
+
+
+def steps(uri: str, run_id: str, metric: str = "train_loss") -> list[int]:
+    from mlflow.tracking import MlflowClient
+
+    return sorted(m.step for m in MlflowClient(uri).get_metric_history(run_id, metric))
+
+
+def cli(cwd: Path, *args, **popen) -> subprocess.Popen:
+    """`python -m orchestrator ...` as its own process group, so a test can kill it whole."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "orchestrator", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, **popen)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out
+    return out
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+@pytest.fixture
+def uri(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def test_sweep_end_to_end_idempotent_and_grows(tmp_path, uri):
+    """4 concurrent trials on one SQLite store all finish with their metrics; a second run
+    launches nothing; a grown axis runs only the new trials; tables are written."""
+    sweep = write_sweep(tmp_path / "s.yaml", "e2e", {"width": [16, 8], "regularizer": [False, True]},
+                        resources={"cpu": 0.5})            # 4 trials at once on 2 CPUs
+    finish(cli(tmp_path, "run", str(sweep), "--tracking-uri", uri))
+    first = runs(uri, "e2e")
+    assert len(first) == 4 and {r.info.status for r in first} == {"FINISHED"}
+    for r in first:
+        assert steps(uri, r.info.run_id) == [1, 2]
+        assert steps(uri, r.info.run_id, "test_accuracy") == [1, 2]
+        m = r.data.metrics
+        assert 0 <= m["test_accuracy"] <= 100
+        assert m["generalization_gap"] == pytest.approx(m["train_accuracy"] - m["test_accuracy"])
+        assert m["model_param_bytes"] > 0 and "peak_memory_mb" not in m      # CPU: absent
+        assert r.data.params["width"] in ("16", "8") and r.data.params["epochs"] == "2"
+        assert {"trial_key", "sweep", "git_commit", "version.torch", "node_ip"} <= set(r.data.tags)
+    assert (tmp_path / "results" / "e2e" / "table1.md").is_file()
+    assert (tmp_path / "results" / "e2e" / "report.md").is_file()
+
+    out = finish(cli(tmp_path, "run", str(sweep), "--tracking-uri", uri))
+    assert "nothing to run" in out and len(runs(uri, "e2e")) == 4
+
+    write_sweep(sweep, "e2e", {"width": [16, 8, 4], "regularizer": [False, True]},
+                resources={"cpu": 1})
+    out = finish(cli(tmp_path, "run", str(sweep), "--tracking-uri", uri))
+    assert "2 new, 0 resuming, 4 finished (skipped)" in out
+    after = runs(uri, "e2e")
+    assert len(after) == 6 and {r.info.status for r in after} == {"FINISHED"}
+    assert {r.info.run_id for r in first} <= {r.info.run_id for r in after}
+
+
+def test_killed_driver_resumes_in_same_runs(tmp_path, uri):
+    """Kill the driver mid-sweep; `run` again continues each trial in its own MLflow run
+    from its checkpoint: no duplicate runs, no duplicate or missing steps."""
+    sweep = write_sweep(tmp_path / "s.yaml", "crash", {"regularizer": [False, True]},
+                        base={"epochs": 6, "train_samples": 300}, resources={"cpu": 1})
+    proc = cli(tmp_path, "run", str(sweep), "--tracking-uri", uri)
+    wait_for(lambda: any(steps(uri, r.info.run_id) and r.info.status == "RUNNING"
+                         for r in runs(uri, "crash")), 240, "a trial's first epoch")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = {r.info.run_id: steps(uri, r.info.run_id) for r in runs(uri, "crash")}
+    assert any(len(s) < 6 for s in before.values())        # interrupted mid-trial
+
+    out = finish(cli(tmp_path, "run", str(sweep), "--tracking-uri", uri))
+    assert "resuming" in out
+    after = runs(uri, "crash")
+    assert {r.info.run_id for r in after} == set(before)    # the same runs, no new ones
+    for r in after:
+        assert r.info.status == "FINISHED"
+        assert steps(uri, r.info.run_id) == [1, 2, 3, 4, 5, 6]
+        if before[r.info.run_id]:                          # resumed, not restarted
+            assert int(r.data.tags["resumed_from_epoch"]) >= 1
+
+
+def test_killed_trial_worker_is_retried_from_checkpoint(tmp_path, uri):
+    """SIGKILL one trial's worker process: Tune retries it (max_failures) and it resumes
+    from its last checkpoint in the same run."""
+    sweep = write_sweep(tmp_path / "s.yaml", "retry", {"regularizer": [False]},
+                        base={"epochs": 6, "train_samples": 300}, resources={"cpu": 1})
+    proc = cli(tmp_path, "run", str(sweep), "--tracking-uri", uri)
+
+    def running_with_epoch():
+        rs = [r for r in runs(uri, "retry") if r.info.status == "RUNNING"]
+        return rs[0] if rs and steps(uri, rs[0].info.run_id) else None
+    run = wait_for(running_with_epoch, 240, "the trial's first epoch")
+    os.kill(int(run.data.tags["pid"]), signal.SIGKILL)
+    finish(proc)
+    (after,) = runs(uri, "retry")
+    assert after.info.run_id == run.info.run_id and after.info.status == "FINISHED"
+    assert steps(uri, after.info.run_id) == [1, 2, 3, 4, 5, 6]
+    assert int(after.data.tags["resumed_from_epoch"]) >= 1
+    assert after.data.tags["pid"] != run.data.tags["pid"]
+
+
+@pytest.mark.parametrize("body, message", [
+    ("name: bad\nbase: {batch_size: 1}\n", "batch_size=1"),
+    ("name: bad\ngrid: {width: []}\n", "grid.width"),
+    ("name: bad\nbase: {dataset: imagenet}\n", "dataset='imagenet'"),
+    ("name: bad\ngird: {width: [8]}\n", "gird"),
+], ids=["batch-1", "empty-axis", "unknown-dataset", "unknown-key"])
+def test_bad_sweep_launches_nothing(tmp_path, body, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(body)
+    proc = cli(tmp_path, "run", str(path))
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and message in out and "bad.yaml" in out
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray_results").exists()
+
+
+def test_paper_size_on_cpu_needs_yes(tmp_path, uri):
+    proc = cli(tmp_path, "run", str(ROOT / "sweeps" / "table1.yaml"), "--tracking-uri", uri)
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 2 and "--yes" in out and "hours" in out
+    assert runs(uri, "table1") == []                        # nothing launched
+
+
+def test_http_tracking_server(tmp_path):
+    """The same sweep against a `mlflow server` on localhost."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # no job workers
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        uri = f"http://127.0.0.1:{port}"
+
+        def up():
+            import urllib.request
+            try:
+                return urllib.request.urlopen(f"{uri}/health", timeout=2).status == 200
+            except OSError:
+                return False
+        wait_for(up, 120, "mlflow server")
+        sweep = write_sweep(tmp_path / "s.yaml", "http", {"regularizer": [False, True]},
+                            resources={"cpu": 1})
+        out = finish(cli(tmp_path, "run", str(sweep), "--tracking-uri", uri))
+        assert "2 new" in out
+        rs = runs(uri, "http")
+        assert len(rs) == 2 and {r.info.status for r in rs} == {"FINISHED"}
+        assert all(steps(uri, r.info.run_id) == [1, 2] for r in rs)
+        status = finish(cli(tmp_path, "status", str(sweep), "--tracking-uri", uri))
+        assert "2 finished" in status
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
