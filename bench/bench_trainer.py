@@ -37,10 +37,10 @@ from trainer.train import resolve_device, train  # noqa: E402
 
 
 def config(args, batch: int, **overrides) -> Config:
-    return Config.from_dict(dict(
+    return Config.from_dict({**dict(
         dataset="synthetic", train_samples=batch * args.steps, test_samples=batch,
         arch="bottleneck", width=args.width, vgg_width_divisor=args.divisor, batch_size=batch,
-        epochs=1, augment=False, threads=args.threads, device=args.device, **overrides))
+        epochs=1, augment=False, threads=args.threads, device=args.device), **overrides})
 
 
 def trainer_step_seconds(cfg: Config) -> float:

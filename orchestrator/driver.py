@@ -170,6 +170,7 @@ def run_jobs(jobs: list[Job], sweep_name: str, resources: dict, storage: str,
         trainable,
         param_space={"job": tune.grid_search([dataclasses.asdict(j) for j in jobs])},
         tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent or None,
+                                    reuse_actors=True,   # no new worker process (imports: ~10 s) per trial
                                     trial_name_creator=lambda t: t.config["job"]["name"],
                                     trial_dirname_creator=lambda t: t.config["job"]["name"]),
         run_config=tune.RunConfig(
