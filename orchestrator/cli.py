@@ -135,36 +135,39 @@ def build_tables_step(sweep: Sweep, uri: str) -> int:
     return 0
 
 
-def cmd_plan(args) -> int:
+def _with_states(args):
+    """The sweep, its trials, the tracking URI and MLflow's state of each trial (by key)."""
     from . import tracking
 
     sweep = _load(args)
-    trials = expand(sweep)
     uri = tracking.resolve_tracking_uri(args.tracking_uri, sweep.tracking_uri)
-    states = tracking.runs_by_key(uri, sweep.name)
+    return sweep, expand(sweep), uri, tracking.runs_by_key(uri, sweep.name)
+
+
+def _state(s) -> str:
+    return "pending" if s is None else s.status.lower()
+
+
+def cmd_plan(args) -> int:
+    sweep, trials, uri, states = _with_states(args)
     print(f"sweep {sweep.name}: {sweep.description.strip()}\n{len(trials)} trials, "
           f"tracking {uri}\n")
     print(f"{'trial':<28} {'key':<13} {'state':<10} {'epoch':>9} {'steps':>12}")
     for t in trials:
         s = states.get(t.key)
-        state = "pending" if s is None else s.status.lower()
+        state = _state(s)
         epoch = f"{s.last_epoch if s else 0}/{t.config['epochs']}"
         print(f"{t.name:<28} {t.key:<13} {state:<10} {epoch:>9} {steps_per_trial(t.config):>12,}")
     return 0
 
 
 def cmd_status(args) -> int:
-    from . import tracking
-
-    sweep = _load(args)
-    trials = expand(sweep)
-    uri = tracking.resolve_tracking_uri(args.tracking_uri, sweep.tracking_uri)
-    states = tracking.runs_by_key(uri, sweep.name)
+    sweep, trials, _, states = _with_states(args)
     counts: dict[str, int] = {}
     lines = []
     for t in trials:
         s = states.get(t.key)
-        state = "pending" if s is None else s.status.lower()
+        state = _state(s)
         counts[state] = counts.get(state, 0) + 1
         if s is not None and s.status != "FINISHED":
             acc = s.metrics.get("test_accuracy")

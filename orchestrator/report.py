@@ -15,12 +15,9 @@ import pathlib
 from dataclasses import dataclass
 
 import pandas as pd
-import yaml
 
 from orchestrator import figures, render, tables
-
-ARTEFACTS = ["table1", "table2", "table3", "table4", "table5", "memory_peaks",
-             "figure3", "figure4", "figure5"]   # the ids a sweep's `reproduces:` may list
+from orchestrator.sweep import ARTEFACTS, load_sweep
 
 
 @dataclass(frozen=True)
@@ -246,18 +243,11 @@ def resolve_sources(sources: list[str]) -> tuple[list[str], set[str], bool, set[
     for source in sources:
         path = pathlib.Path(source)
         if path.suffix in (".yaml", ".yml") or path.is_file():
-            if not path.is_file():
-                raise FileNotFoundError(f"sweep file {source} does not exist")
-            spec = yaml.safe_load(path.read_text()) or {}
-            if "name" not in spec:
-                raise ValueError(f"{source}: no top-level `name:` (the MLflow experiment of the sweep)")
-            names.append(spec["name"])
-            bad = sorted(set(spec.get("reproduces") or []) - set(ARTEFACTS))
-            if bad:
-                raise ValueError(f"{source}: reproduces lists unknown artefacts {bad}; allowed: {ARTEFACTS}")
-            wanted |= set(spec.get("reproduces") or [])
-            auto |= not spec.get("reproduces")
-            uris |= {spec["tracking_uri"]} if spec.get("tracking_uri") else set()
+            sweep = load_sweep(path)          # the same parsing and checks as `run`
+            names.append(sweep.name)
+            wanted |= set(sweep.reproduces)
+            auto |= not sweep.reproduces
+            uris |= {sweep.tracking_uri} if sweep.tracking_uri else set()
         else:
             names.append(source)
             auto = True

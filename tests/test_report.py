@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from orchestrator import report, tables
+from orchestrator.sweep import SweepError
 from trainer.config import Config
 
 PAPER = tables.load_paper()
@@ -211,9 +212,9 @@ def test_build_tables_by_experiment_name_renders_what_runs_support(store, tmp_pa
 def test_bad_sources_and_formats_fail_loudly(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nreproduces: [table9]\n")
-    with pytest.raises(ValueError, match=r"bad.yaml: reproduces lists unknown artefacts \['table9'\]"):
+    with pytest.raises(SweepError, match=r"bad.yaml: reproduces: 'table9' is not an artefact"):
         report.resolve_sources([str(bad)])
-    with pytest.raises(FileNotFoundError, match="missing.yaml does not exist"):
+    with pytest.raises(SweepError, match="missing.yaml: no such sweep file"):
         report.resolve_sources([str(tmp_path / "missing.yaml")])
     with pytest.raises(ValueError, match=r"unknown table format\(s\) \['html'\]"):
         report.build_tables(["x"], None, formats=("html",), out_dir=tmp_path)
