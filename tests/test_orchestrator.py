@@ -76,7 +76,9 @@ def test_sweep_end_to_end_idempotent_and_grows(tmp_path, uri):
     """4 concurrent trials on one SQLite store all finish with their metrics; a second run
     launches nothing; a grown axis runs only the new trials; tables are written."""
     sweep = write_sweep(tmp_path / "s.yaml", "e2e", {"width": [16, 8], "regularizer": [False, True]},
-                        resources={"cpu": 0.5})            # 4 trials at once on 2 CPUs
+                        base={"representation_analysis": True, "analysis_samples": 12},
+                        resources={"cpu": 0.5},            # 4 trials at once on 2 CPUs
+                        reproduces=["table1", "table2", "figure4", "figure5"])
     finish(cli(tmp_path, "run", str(sweep), "--tracking-uri", uri))
     first = runs(uri, "e2e")
     assert len(first) == 4 and {r.info.status for r in first} == {"FINISHED"}
@@ -89,13 +91,19 @@ def test_sweep_end_to_end_idempotent_and_grows(tmp_path, uri):
         assert m["model_param_bytes"] > 0 and "peak_memory_mb" not in m      # CPU: absent
         assert r.data.params["width"] in ("16", "8") and r.data.params["epochs"] == "2"
         assert {"trial_key", "sweep", "git_commit", "version.torch", "node_ip"} <= set(r.data.tags)
-    assert (tmp_path / "results" / "e2e" / "table1.md").is_file()
-    assert (tmp_path / "results" / "e2e" / "report.md").is_file()
+    results = tmp_path / "results" / "e2e"
+    assert {"table1.md", "table2.tex", "table1.csv", "report.md"} <= {p.name for p in results.iterdir()}
+    figures = sorted(p.name for p in results.glob("figure*.png"))
+    assert any(f.startswith("figure4") for f in figures) and any(f.startswith("figure5") for f in figures)
+    from mlflow.tracking import MlflowClient
+    artifacts = {a.path for a in MlflowClient(uri).list_artifacts(first[0].info.run_id)}
+    assert {"representation_analysis.json", "trial_config.json", "sweep"} <= artifacts
 
     out = finish(cli(tmp_path, "run", str(sweep), "--tracking-uri", uri))
     assert "nothing to run" in out and len(runs(uri, "e2e")) == 4
 
     write_sweep(sweep, "e2e", {"width": [16, 8, 4], "regularizer": [False, True]},
+                base={"representation_analysis": True, "analysis_samples": 12},
                 resources={"cpu": 1})
     out = finish(cli(tmp_path, "run", str(sweep), "--tracking-uri", uri))
     assert "2 new, 0 resuming, 4 finished (skipped)" in out
