@@ -243,7 +243,8 @@ def _notes(table: Table, runs: pd.DataFrame, dataset: str) -> Table:
         if col in used:
             ours = sorted({str(v) for v in used[col].dropna() if v != paper_value})
             if ours:
-                table.notes.append(f"ours use {name}={', '.join(ours)} (paper: {paper_value})")
+                shown = "the whole set" if name.endswith("_samples") else paper_value  # 0 = all
+                table.notes.append(f"ours use {name}={', '.join(ours)} (paper: {shown})")
     mixed = sorted({m for row in table.rows for c in row.ours if c for m in c.mixed})
     if mixed:
         table.notes.append(f"some cells pool runs that differ in {', '.join(mixed)}")
