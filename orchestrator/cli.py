@@ -67,7 +67,8 @@ def cmd_run(args) -> int:
     sweep = _load(args)
     trials = expand(sweep)
     uri = tracking.resolve_tracking_uri(args.tracking_uri, sweep.tracking_uri)
-    groups = classify(trials, tracking.runs_by_key(uri, sweep.name))
+    states = tracking.runs_by_key(uri, sweep.name)
+    groups = classify(trials, states)
     todo = groups["resuming"] + groups["new"]
     steps = sorted({steps_per_trial(t.config) for t in todo})
     print(f"sweep {sweep.name} ({sweep.path}): {len(trials)} trials: {len(groups['new'])} new, "
@@ -104,7 +105,6 @@ def cmd_run(args) -> int:
 
     experiment_id = tracking.ensure_experiment(uri, sweep.name)
     tags = tracking.provenance_tags(sweep.path.parent)
-    states = tracking.runs_by_key(uri, sweep.name)
     storage = Path(sweep.storage_path or driver.default_storage()).resolve()
     threads = max(1, int(resources.get("cpu", 1)))
     jobs = []

@@ -107,7 +107,7 @@ def where_am_i() -> dict:
     try:
         ctx = ray.get_runtime_context()
         tags.update(ray_node_id=ctx.get_node_id(), node_ip=ray.util.get_node_ip_address())
-    except Exception:  # not inside Ray (tests call run_trial directly)
+    except Exception:  # called outside a Ray worker
         pass
     import torch
     if torch.cuda.is_available():
