@@ -20,8 +20,8 @@ written by trainer/memory.py MemoryTimeline):
      "lda_accuracy": {layer: float}}             # %, cross-validated LDA on the 2-D points
 
 Drawing is pure (dict -> PNG). `make_figures` picks the runs and reads their artifacts
-through orchestrator.tables (the one MLflow reader); `log_figure_artifacts` is the one
-place figures are written back to MLflow, as artifacts of the runs they come from.
+through orchestrator.tables (the one MLflow reader); orchestrator.tracking.log_figures
+writes them back to MLflow, as artifacts of the runs they come from.
 """
 from __future__ import annotations
 
@@ -41,7 +41,6 @@ PHASE_NAMES = {"fwd1": "fwd1 (conv forward)", "fwd2": "fwd2 (FC forward)",
                "bwd2": "bwd2 (FC backward)", "bwd1": "bwd1 (conv backward)",
                "step_end": "optimizer step"}
 CLASS_NAMES = {3: "cat", 5: "dog"}   # CIFAR-10 ids of the two classes of Figures 4-5
-FIGURE_ARTIFACT_DIR = "figures"      # where in a run's artifacts the PNGs go
 
 
 def figure3(timeline: dict, path: pathlib.Path, title: str) -> pathlib.Path:
@@ -144,7 +143,7 @@ def make_figures(runs: pd.DataFrame, out_dir: pathlib.Path, tracking_uri: str | 
     """Draw the requested figures from the runs' artifacts.
 
     Returns (pairs, notes, analyses): pairs = (run_id, png) for every figure and each run it
-    comes from (log them with `log_figure_artifacts`); notes = artefact -> why nothing was
+    comes from (log them with orchestrator.tracking.log_figures); notes = artefact -> why nothing was
     drawn; analyses = figure-4/5 name -> {"without": dict|None, "with": dict|None} for claims.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -194,12 +193,3 @@ def make_figures(runs: pd.DataFrame, out_dir: pathlib.Path, tracking_uri: str | 
                               "(set representation_analysis: true)"]
     return pairs, notes, analyses
 
-
-def log_figure_artifacts(pairs: list[tuple[str, pathlib.Path]], tracking_uri: str | None = None) -> int:
-    """Attach each PNG to its run under `figures/` (an MLflow WRITE; idempotent: same path
-    overwrites). Returns the number of artifacts logged."""
-    import mlflow
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-    for run_id, png in pairs:
-        client.log_artifact(run_id, str(png), artifact_path=FIGURE_ARTIFACT_DIR)
-    return len(pairs)

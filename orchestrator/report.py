@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from orchestrator import figures, render, tables
+from orchestrator import figures, render, tables, tracking
 from orchestrator.sweep import ARTEFACTS, load_sweep
 
 
@@ -289,7 +289,7 @@ def build_tables(sources: list[str], tracking_uri: str | None = None,
     pairs, notes, analyses = figures.make_figures(runs, out, tracking_uri, fig_wanted)
     notes = {k: v for k, v in notes.items() if k in wanted}   # silent about figures nobody asked for
     if log_figures and pairs:
-        figures.log_figure_artifacts(pairs, tracking_uri)
+        tracking.log_figures(tracking_uri, pairs)
     pngs = sorted({p for _, p in pairs})
     report = out / "report.md"
     report.write_text(report_markdown(names, runs, built, check_claims(built, analyses), pngs, notes,

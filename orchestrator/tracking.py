@@ -143,6 +143,14 @@ def provenance_tags(repo: Path) -> dict:
             "version.mlflow": mlflow.__version__, "version.python": platform.python_version()}
 
 
+@_retry
+def log_figures(uri: str | None, pairs: list[tuple[str, Path]]) -> None:
+    """Attach each (run id, PNG) to its run under `figures/`; a rebuilt figure overwrites."""
+    c = client(uri)
+    for run_id, png in pairs:
+        c.log_artifact(run_id, str(png), artifact_path="figures")
+
+
 class TrialLogger:
     """Used inside a trial process: everything one trial writes to its MLflow run."""
 
