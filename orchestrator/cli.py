@@ -84,11 +84,6 @@ def cmd_run(args) -> int:
         print("nothing to run: every trial is FINISHED in MLflow.")
         return build_tables_step(sweep, uri)
 
-    if "://" in str(sweep.storage_path or ""):
-        print(f"error: storage {sweep.storage_path!r} is a URI; checkpoints need a folder every "
-              f"node mounts (NFS, EFS, a shared volume), e.g. --storage /mnt/shared/ray_results",
-              file=sys.stderr)
-        return 2
     cluster = driver.start_ray(args.address)
     resources, warning = driver.plan_resources(sweep.resources, cluster)
     print(f"on: Ray cluster with {cluster.get('CPU', 0):g} CPUs, {cluster.get('GPU', 0):g} GPUs;"

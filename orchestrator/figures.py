@@ -10,7 +10,6 @@ written by trainer/memory.py MemoryTimeline):
                   "allocated_mb": float,  # torch.cuda.memory_allocated, MB
                   "phase": "fwd1"}, ...], # or "step_end" (after optimizer.step)
      "batch_size": int, "arch": str, "width": int}
-    A record may carry "t" (any increasing position) instead of "event".
 
 `representation_analysis.json` (Figures 4-5; runs with `representation_analysis: true`):
     {"train": R, "test": R} where R = trainer.analysis.representation_analysis(...):
@@ -46,7 +45,7 @@ CLASS_NAMES = {3: "cat", 5: "dog"}   # CIFAR-10 ids of the two classes of Figure
 def figure3(timeline: dict, path: pathlib.Path, title: str) -> pathlib.Path:
     """Allocated GPU memory (MB) over the steps of one epoch, coloured by pass (Fig. 3)."""
     records = timeline["records"]
-    x = [r.get("t", r.get("event", i)) for i, r in enumerate(records)]
+    x = [r["event"] for r in records]
     fig, ax = plt.subplots(figsize=(7, 3.5))
     seen = set()
     start = 0
@@ -60,8 +59,8 @@ def figure3(timeline: dict, path: pathlib.Path, title: str) -> pathlib.Path:
                 label=None if phase in seen else PHASE_NAMES.get(phase, phase))
         seen.add(phase)
         start = i
-    steps = len({r["step"] for r in records}) if records and "step" in records[0] else None
-    ax.set_xlabel(f"memory sample over the first {steps} training steps" if steps else "time in the epoch")
+    steps = len({r["step"] for r in records})
+    ax.set_xlabel(f"memory sample over the first {steps} training steps")
     ax.set_ylabel("allocated GPU memory (MB)")
     ax.set_title(title)
     ax.legend(loc="best", fontsize=8)

@@ -15,7 +15,7 @@ Schema (top-level keys; only `name` is required):
     max_failures: 2           # retries of a failed trial, each from its last checkpoint
     max_concurrent: 0         # trials at once; 0 = as many as resources allow
     tracking_uri: null        # MLflow store; null = mlflow.db where `run` starts (CLI flags override)
-    storage_path: null        # Ray Tune storage for checkpoints; null = Ray's default
+    storage_path: null        # checkpoint folder every node mounts; null = ./ray_results
     reproduces: [table1, table2]  # artefacts `tables` renders from this sweep's runs
 
 `extra` exists because "this grid plus one vanilla baseline" (Table 4) and "vanilla vs
@@ -171,9 +171,10 @@ def apply_overrides(sweep: Sweep, resources=None, max_concurrent=None,
         _check_resources(given["resources"], source)
     if "max_concurrent" in given:
         _check_count(given["max_concurrent"], "max_concurrent", source)
-    for key in ("tracking_uri", "storage_path"):
-        if key in given:
-            _check_type(given[key], str, key, source)
+    if "tracking_uri" in given:
+        _check_type(given["tracking_uri"], str, "tracking_uri", source)
+    if "storage_path" in given:
+        _check_storage(given["storage_path"], source)
     return dataclasses.replace(sweep, **given)
 
 
@@ -233,6 +234,15 @@ def _check_resources(value, file: str) -> None:
                          f"give cpu > 0 or gpu > 0, or omit resources for the default")
 
 
+def _check_storage(value, file: str) -> None:
+    """Trials resume from <storage>/<sweep>/<trial_key>/ wherever Ray places them, so the
+    storage is a folder every node mounts, not an object-store URI."""
+    _check_type(value, str, "storage_path", file)
+    if "://" in value:
+        raise SweepError(f"{file}: storage_path={value!r} is a URI; checkpoints need a folder "
+                         f"every node mounts (NFS, EFS, a shared volume), e.g. /mnt/shared/ray_results")
+
+
 def _check_top_level(doc: dict, file: str) -> None:
     for key in doc:
         if key not in TOP_LEVEL:
@@ -241,9 +251,11 @@ def _check_top_level(doc: dict, file: str) -> None:
     if not doc.get("name"):
         raise SweepError(f"{file}: name is missing; add name: <MLflow experiment name>")
     _check_type(doc["name"], str, "name", file)
-    for key in ("description", "tracking_uri", "storage_path"):
+    for key in ("description", "tracking_uri"):
         if doc.get(key) is not None:
             _check_type(doc[key], str, key, file)
+    if doc.get("storage_path") is not None:
+        _check_storage(doc["storage_path"], file)
     for key in ("max_failures", "max_concurrent"):
         if doc.get(key) is not None:
             _check_count(doc[key], key, file)

@@ -85,6 +85,8 @@ def test_overrides_replace_file_values():
     assert [t.key for t in expand(out)] == [t.key for t in expand(sweep)]
     with pytest.raises(SweepError, match=r"resources\.tpu"):
         apply_overrides(sweep, resources={"tpu": 1})
+    with pytest.raises(SweepError, match=r"command-line override.*storage_path='s3://b/c' is a URI"):
+        apply_overrides(sweep, storage_path="s3://b/c")
 
 
 GOOD = """\
@@ -112,6 +114,8 @@ BAD = {
     "axis_not_a_list": ("name: bad\ngrid: {width: 16}\n", ["grid.width=16", "non-empty list"]),
     "batch_size_1": ("name: bad\ngrid: {batch_size: [5, 1]}\n",
                      ["batch_size=1", "use 2 or more"]),
+    "storage_is_a_uri": ("name: bad\nstorage_path: s3://bucket/ckpt\n",
+                         ["storage_path='s3://bucket/ckpt'", "every node mounts"]),
     "unknown_dataset": ("name: bad\nbase: {dataset: imagenet}\n",
                         ["dataset='imagenet'", "cifar10", "cifar100", "synthetic"]),
     "key_in_base_and_grid": ("name: bad\nbase: {width: 16}\ngrid: {width: [8]}\n",
