@@ -99,7 +99,7 @@ def cmd_run(args) -> int:
             return 2
 
     experiment_id = tracking.ensure_experiment(uri, sweep.name)
-    tags = tracking.provenance_tags(sweep.path.parent)
+    tags = tracking.provenance_tags()
     storage = Path(sweep.storage_path or driver.default_storage()).resolve()
     threads = max(1, int(resources.get("cpu", 1)))
     jobs = []

@@ -124,21 +124,37 @@ def create_run(uri: str, experiment_id: str, trial, sweep, tags: dict) -> str:
     return run_id
 
 
-def provenance_tags(repo: Path) -> dict:
-    """git commit (+ dirty flag) of the code that runs, and the versions that matter."""
+CODE_ROOT = Path(__file__).resolve().parents[1]   # the checkout (or install) this code runs from
+
+
+def code_commit(root: Path = CODE_ROOT) -> str:
+    """The commit of the code that runs: its own git checkout (not the sweep file's folder,
+    which may lie anywhere), else $GIT_COMMIT (the Docker image has no .git; its build
+    passes the commit, see docker/Dockerfile), else "unknown". "-dirty" marks tracked
+    files changed since that commit."""
+    def git(*args):
+        try:
+            out = subprocess.run(["git", "-C", str(root), *args], capture_output=True,
+                                 text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return ""
+        return out.stdout.strip() if out.returncode == 0 else ""
+    top = git("rev-parse", "--show-toplevel")
+    if top and Path(top).resolve() == root.resolve():
+        commit = git("rev-parse", "HEAD")
+        if commit:
+            dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+            return commit + ("-dirty" if dirty else "")
+    return os.environ.get("GIT_COMMIT", "").strip() or "unknown"
+
+
+def provenance_tags() -> dict:
+    """git commit of the code that runs, and the versions that matter."""
     import mlflow
     import ray
     import torch
 
-    def git(*args):
-        try:
-            return subprocess.run(["git", "-C", str(repo), *args], capture_output=True,
-                                  text=True, timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-    commit = git("rev-parse", "HEAD") or "unknown"
-    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
-    return {"git_commit": commit + ("-dirty" if dirty else ""),
+    return {"git_commit": code_commit(),
             "version.torch": torch.__version__, "version.ray": ray.__version__,
             "version.mlflow": mlflow.__version__, "version.python": platform.python_version()}
 
