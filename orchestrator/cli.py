@@ -6,9 +6,10 @@ import json
 import sys
 from pathlib import Path
 
+from trainer.config import Config
+
 from .sweep import SweepError, Sweep, Trial, apply_overrides, expand, load_sweep
 
-DATASET_SIZE = {"cifar10": 50_000, "cifar100": 50_000, "synthetic": 50_000}
 # CPU cost model for the "paper-size sweep on CPU" guard: forward GFLOP per 32x32 image of
 # VGG16's conv section (~15.5 GFLOP at 224x224, / 49), x3 for forward+backward, at ~3
 # GFLOP/s per core, what small-batch steps reached on the 2-core dev machine (BENCHMARKS.md).
@@ -32,8 +33,8 @@ are skipped and interrupted ones resume from their last checkpoint in the same r
 
 
 def steps_per_trial(config: dict) -> int:
-    n = config["train_samples"] or DATASET_SIZE[config["dataset"]]
-    return config["epochs"] * (n // config["batch_size"])
+    cfg = Config.from_dict(config)
+    return cfg.epochs * (cfg.train_size // cfg.batch_size)
 
 
 def cpu_hours(trials: list[Trial], cpus_per_trial: float, total_cpus: float) -> float:

@@ -36,20 +36,18 @@ import hashlib
 import itertools
 import json
 import pathlib
-import typing
 from dataclasses import dataclass, field
 
 import yaml
 
-from trainer.config import Config, ConfigError
+from trainer.config import DEFAULTS, IDENTITY, TYPES, Config, ConfigError, check_type
 
 TOP_LEVEL = ("name", "description", "base", "grid", "extra", "seeds", "resources",
              "max_failures", "max_concurrent", "tracking_uri", "storage_path", "reproduces")
 ARTEFACTS = ("table1", "table2", "table3", "table4", "table5", "memory_peaks",
              "figure3", "figure4", "figure5")
 RESOURCE_KEYS = ("cpu", "gpu")
-CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(Config))
-FLOAT_KEYS = {k: t is float for k, t in typing.get_type_hints(Config).items()}
+CONFIG_KEYS = tuple(TYPES)
 SWEEPS_DIR = pathlib.Path(__file__).resolve().parents[1] / "sweeps"
 
 
@@ -84,7 +82,11 @@ class Trial:
 
 
 def trial_key(config: dict) -> str:
-    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"))
+    """The trial's identity: its identity fields (trainer/config.py) that differ from the
+    defaults. Fields that say how it executes (device, threads, paths) are left out, and a
+    Config field added later with a default keeps every existing key (and finished run)."""
+    identity = {k: v for k, v in config.items() if k in IDENTITY and v != DEFAULTS[k]}
+    canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
@@ -186,9 +188,10 @@ def _suggest(word: str, choices) -> str:
 
 
 def _check_type(value, kind, key: str, file: str) -> None:
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
-        want = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
-        raise SweepError(f"{file}: {key}={value!r} has type {type(value).__name__}; expected {want}")
+    try:
+        check_type(value, kind, key, file)
+    except ConfigError as err:
+        raise SweepError(str(err)) from None
 
 
 def _check_count(value, key: str, file: str) -> None:
@@ -205,7 +208,7 @@ def _check_config_keys(values: dict, where: str, file: str) -> None:
             raise SweepError(f"{file}: {where}.{key} is not a trainer config key; "
                              f"{_suggest(key, CONFIG_KEYS)}allowed: {list(CONFIG_KEYS)}")
         for v in value if isinstance(value, list) else [value]:
-            if FLOAT_KEYS.get(key) and isinstance(v, str) and _is_number(v):
+            if TYPES.get(key) is float and isinstance(v, str) and _is_number(v):
                 # YAML 1.1 (PyYAML) reads 1e-4 as a string: it wants a dot, as in 1.0e-4
                 raise SweepError(f"{file}: {where}.{key}={v!r} is a string to YAML; "
                                  f"write a float with a dot, e.g. 1.0e-4 or 0.0001")

@@ -26,14 +26,9 @@ from dataclasses import dataclass, field
 import pandas as pd
 import yaml
 
-from trainer.config import Config
+from trainer.config import DATASET_CLASSES, NOT_EXPERIMENT, TYPES as CONFIG_TYPES, Config
 
 PAPER_PATH = pathlib.Path(__file__).with_name("paper.yaml")
-CONFIG_TYPES = typing.get_type_hints(Config)   # field name -> bool | int | float | str
-# Config fields that may differ between the runs of one cell without making them different
-# experiments (where data lives, how the trial was scheduled, what was measured on the side).
-NOT_EXPERIMENT = {"seed", "data_dir", "device", "threads", "eval_every", "checkpoint_every",
-                  "memory_timeline", "timeline_steps", "representation_analysis", "analysis_samples"}
 # The paper's training setup (section 4.2); runs that differ are flagged under each table.
 PAPER_SETUP = {"epochs": 200, "lr": 0.01, "vgg_width_divisor": 1, "train_samples": 0,
                "test_samples": 0}
@@ -123,7 +118,7 @@ def prepare(runs: pd.DataFrame) -> pd.DataFrame:
     # A run that did not log synthetic_classes used the Config default.
     synthetic = runs.get("params.synthetic_classes", pd.Series(pd.NA, index=runs.index, dtype="Int64"))
     synthetic = synthetic.astype("Int64").fillna(Config.synthetic_classes)
-    classes = dataset.map({"cifar10": 10, "cifar100": 100}).astype("Int64")
+    classes = dataset.map(DATASET_CLASSES).astype("Int64")
     runs["classes"] = classes.where(dataset != "synthetic", synthetic).astype("Int64")
     if "metrics.model_param_bytes" in runs and "metrics.model_buffer_bytes" in runs:
         runs["metrics.model_total_bytes"] = runs["metrics.model_param_bytes"] + runs["metrics.model_buffer_bytes"]

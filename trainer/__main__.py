@@ -7,13 +7,11 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
-import typing
 
-from .config import Config, ConfigError
+from .config import DEFAULTS, HELP, TYPES, Config, ConfigError
 from .memory import table5_rows
 
 
@@ -22,15 +20,15 @@ def config_parser() -> argparse.ArgumentParser:
         prog="python -m trainer",
         description="Train one trial of the paper's grid (no Ray, no MLflow) and print its "
                     "measurements. `python -m trainer memory` prints Table 5 instead.",
-        epilog="Every flag is a field of trainer/config.py's Config; see its comments for units.")
-    hints = typing.get_type_hints(Config)
-    for f in dataclasses.fields(Config):
-        flag = "--" + f.name.replace("_", "-")
-        if hints[f.name] is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+        epilog="Every flag is a field of trainer/config.py's Config (its help is the field's).")
+    for name, kind in TYPES.items():
+        flag = "--" + name.replace("_", "-")
+        text = f"{HELP[name]} (default: {DEFAULTS[name]})"
+        if kind is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=DEFAULTS[name],
+                           help=HELP[name])
         else:
-            p.add_argument(flag, type=hints[f.name], default=f.default,
-                           help=f"default: {f.default}")
+            p.add_argument(flag, type=kind, default=DEFAULTS[name], help=text)
     p.add_argument("--checkpoint-dir", help="save state here each checkpoint_every epochs; "
                                             "a rerun with the same folder resumes")
     p.add_argument("--json", metavar="FILE", help="also write the measurements as JSON")

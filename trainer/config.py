@@ -1,63 +1,120 @@
 """One flat, typed trial config: every knob a trial has, with its unit or meaning.
 
 The orchestrator builds one of these per trial from a sweep file; `python -m trainer`
-builds one from flags. Unknown keys and wrong types fail here, naming the key.
+builds one from flags (their --help is the `help` below). Unknown keys and wrong types
+fail here, naming the key.
+
+Each field also says what it is to the rest of the system (its `role`), so that the rules
+which read it live here, once:
+- experiment  — defines the experiment: a table cell pools only runs that agree on it, and
+                a checkpoint resumes only under the same value;
+- replicate   — the seed: pooled over in a cell (mean ± std), part of the trial's identity;
+- measurement — what is measured on the side (timeline, t-SNE): part of the identity, but
+                runs that differ in it are still the same experiment;
+- execution   — how and where it runs (device, threads, paths, cadence): not part of the
+                trial's identity, may change when a trial resumes.
+`per_member`: may differ between the members of one fused group (trainer/fused.py);
+every other field fixes shapes or the optimizer and must agree inside a group.
 """
 from __future__ import annotations
 
 import dataclasses
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 DATASETS = ("cifar10", "cifar100", "synthetic")
+# Classes and (train, test) sizes of each dataset; synthetic's classes are its own knob.
+DATASET_CLASSES = {"cifar10": 10, "cifar100": 100}
+DATASET_SIZES = {"cifar10": (50_000, 10_000), "cifar100": (50_000, 10_000),
+                 "synthetic": (50_000, 10_000)}
 ARCHS = ("bottleneck", "vgg16")
 REG_PAIRS = ("adjacent", "even")
 DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("float32", "float64")
+IMAGE_SIZES = (32, 224)
+HEAD_INPUTS = ("flatten", "pool")
+COMPILE_MODES = ("off", "default", "reduce-overhead")
+ROLES = ("experiment", "replicate", "measurement", "execution")
 
 
 class ConfigError(ValueError):
     """A trial config that cannot run: the message names the key and what is allowed."""
 
 
+def knob(default, help: str, role: str = "experiment", per_member: bool = False,
+         resumable: bool = False):
+    """A Config field with its meaning (`help`, shown by `python -m trainer --help`) and
+    its rules (see the module docstring). `resumable`: an experiment field that may still
+    change on resume (epochs: a finished run can be extended)."""
+    assert role in ROLES, role
+    return field(default=default, metadata=dict(help=help, role=role, per_member=per_member,
+                                                resumable=resumable or role == "execution"))
+
+
 @dataclass
 class Config:
     # --- data (trainer/data.py) ---
-    dataset: str = "synthetic"        # cifar10 | cifar100 | synthetic (generated, CIFAR-shaped, offline)
-    data_dir: str = "./data"          # holds cifar-10-batches-py/ or cifar-100-python/
-    synthetic_classes: int = 10       # classes of the generated dataset (10 or 100)
-    train_samples: int = 0            # stratified training subset; 0 = the whole set (synthetic: 50,000)
-    test_samples: int = 0             # stratified test subset; 0 = the whole set (synthetic: 10,000)
-    augment: bool = True              # random crop (4-px padding) + horizontal flip, on the device
+    dataset: str = knob("synthetic", "cifar10 | cifar100 | synthetic (generated, CIFAR-shaped, offline)")
+    data_dir: str = knob("./data", "folder holding cifar-10-batches-py/ or cifar-100-python/",
+                         role="execution")
+    synthetic_classes: int = knob(10, "classes of the generated dataset (10 or 100)")
+    train_samples: int = knob(0, "stratified training subset; 0 = the whole set (50,000)")
+    test_samples: int = knob(0, "stratified test subset; 0 = the whole set (10,000)")
+    augment: bool = knob(True, "random crop (4-px padding) + horizontal flip, on the device")
+    image_size: int = knob(32, "input side in px: 32 = CIFAR as is; 224 = upsampled on the device, "
+                               "as the paper's memory profiling (Figure 3)")
     # --- model (trainer/model.py) ---
-    arch: str = "bottleneck"          # bottleneck (the paper's) | vgg16 (vanilla 4096-4096 head)
-    width: int = 32                   # W, narrowest bottleneck width; the head starts at K = 16*W
-    vgg_width_divisor: int = 1        # divides every conv width; 1 = the paper, 8-16 for CPU demos/tests
+    arch: str = knob("bottleneck", "bottleneck (the paper's) | vgg16 (vanilla 4096-4096 head)")
+    width: int = knob(32, "W, narrowest bottleneck width; the head starts at K = 16*W",
+                      per_member=True)
+    vgg_width_divisor: int = knob(1, "divides every conv width; 1 = the paper, 8-16 for CPU demos/tests")
+    head_input: str = knob("flatten", "how the conv output enters the head at image_size 224: flatten "
+                                      "(7x7x512 = 25,088 features, our reading) | pool (to 512); "
+                                      "the same at 32 (1x1x512)")
     # --- manifold regularizer (trainer/manifold.py, Eq. 3-4) ---
-    regularizer: bool = False         # add sum_k alpha_k * L_u^(k) to cross-entropy
-    reg_pairs: str = "adjacent"       # adjacent: (FC1,FC2)...(FC9,FC10); even: (FC2,FC4)...(FC8,FC10)
-    alpha_first: float = 1e-4         # alpha_k on the first half of the bottleneck (paper: smaller)
-    alpha_second: float = 1e-3        # alpha_k on the second half
-    reg_lambda: float = 1e-3          # lambda, weight of ||theta^(k)||^2 inside each L_u^(k) (Eq. 4)
+    regularizer: bool = knob(False, "add sum_k alpha_k * L_u^(k) to the cross-entropy", per_member=True)
+    reg_pairs: str = knob("adjacent", "adjacent: (FC1,FC2)...(FC9,FC10); even: (FC2,FC4)...(FC8,FC10)",
+                          per_member=True)
+    alpha_first: float = knob(1e-4, "alpha_k on the first half of the bottleneck (paper: smaller)",
+                              per_member=True)
+    alpha_second: float = knob(1e-3, "alpha_k on the second half", per_member=True)
+    reg_lambda: float = knob(1e-3, "lambda, weight of ||theta^(k)||^2 inside each L_u^(k) (Eq. 4)",
+                             per_member=True)
     # --- optimisation (trainer/train.py) ---
-    batch_size: int = 5               # mini-batch size L (paper: 5, 7, 9; vanilla also 16, 64)
-    epochs: int = 200                 # paper: 200
-    lr: float = 0.01                  # SGD learning rate; paper: 0.01
-    momentum: float = 0.0             # paper names plain SGD
-    weight_decay: float = 0.0         # SGD's own L2 (separate from lambda above)
-    seed: int = 0                     # seeds data order, augmentation, init and synthetic data
-    device: str = "auto"              # auto (cuda if available) | cpu | cuda
-    threads: int = 0                  # torch CPU threads; 0 = the CPUs this process may use
-    eval_every: int = 1               # evaluate train/test accuracy every N epochs (and the last)
-    checkpoint_every: int = 1         # save full state every N epochs (and the last)
+    batch_size: int = knob(5, "mini-batch size L (paper: 5, 7, 9; vanilla also 16, 64)")
+    epochs: int = knob(200, "epochs to train (paper: 200); may grow when a trial resumes",
+                       resumable=True)
+    lr: float = knob(0.01, "SGD learning rate (paper: 0.01)")
+    momentum: float = knob(0.0, "SGD momentum (paper: plain SGD, 0)")
+    weight_decay: float = knob(0.0, "SGD's own L2 (separate from lambda above)")
+    dtype: str = knob("float32", "float32 | float64 (for verification on a CPU)")
+    seed: int = knob(0, "seeds init, data order, augmentation and dropout (not the data itself)",
+                     role="replicate", per_member=True)
+    device: str = knob("auto", "auto (cuda if available) | cpu | cuda", role="execution")
+    threads: int = knob(0, "torch CPU threads; 0 = the CPUs this process may use", role="execution")
+    compile: str = knob("off", "torch.compile the training step: off | default | reduce-overhead "
+                               "(CUDA graphs)", role="execution")
+    eval_every: int = knob(1, "evaluate train/test accuracy every N epochs (and the last)",
+                           role="execution")
+    checkpoint_every: int = knob(1, "save the whole state every N epochs (and the last)",
+                                 role="execution")
     # --- measurements (trainer/memory.py, trainer/analysis.py) ---
-    memory_timeline: bool = False     # record Figure 3's allocated-memory timeline (CUDA only)
-    timeline_steps: int = 50          # steps of the first epoch the timeline covers
-    representation_analysis: bool = False  # Figures 4-5: t-SNE + LDA of cat/dog activations at the end
-    analysis_samples: int = 500       # test (and train) samples per class used by the analysis
+    memory_timeline: bool = knob(False, "record Figure 3's allocated-memory timeline (CUDA only)",
+                                 role="measurement")
+    timeline_steps: int = knob(50, "steps of the first epoch the timeline covers", role="measurement")
+    representation_analysis: bool = knob(False, "Figures 4-5: t-SNE + LDA of cat/dog activations "
+                                                "at the end", role="measurement", per_member=True)
+    analysis_samples: int = knob(500, "test (and train) samples per class used by the analysis",
+                                 role="measurement", per_member=True)
 
     @property
     def num_classes(self) -> int:
-        return {"cifar10": 10, "cifar100": 100, "synthetic": self.synthetic_classes}[self.dataset]
+        return DATASET_CLASSES.get(self.dataset, self.synthetic_classes)
+
+    @property
+    def train_size(self) -> int:
+        """Training images one epoch goes through."""
+        return self.train_samples or DATASET_SIZES[self.dataset][0]
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -69,10 +126,7 @@ class Config:
         unknown = sorted(set(d) - set(known))
         if unknown:
             raise ConfigError(f"{source}: unknown config key(s) {unknown}; known keys: {sorted(known)}")
-        hints = typing.get_type_hints(cls)
-        values = {}
-        for key, value in d.items():
-            values[key] = _coerce(key, value, hints[key], source)
+        values = {key: check_type(value, TYPES[key], key, source) for key, value in d.items()}
         cfg = cls(**values)
         cfg.validate(source)
         return cfg
@@ -80,14 +134,11 @@ class Config:
     def validate(self, source: str = "config") -> None:
         def bad(key, allowed):
             raise ConfigError(f"{source}: {key}={getattr(self, key)!r} is not allowed; {allowed}")
-        if self.dataset not in DATASETS:
-            bad("dataset", f"choose one of {list(DATASETS)}")
-        if self.arch not in ARCHS:
-            bad("arch", f"choose one of {list(ARCHS)}")
-        if self.reg_pairs not in REG_PAIRS:
-            bad("reg_pairs", f"choose one of {list(REG_PAIRS)}")
-        if self.device not in DEVICES:
-            bad("device", f"choose one of {list(DEVICES)}")
+        for key, allowed in (("dataset", DATASETS), ("arch", ARCHS), ("reg_pairs", REG_PAIRS),
+                             ("device", DEVICES), ("dtype", DTYPES), ("image_size", IMAGE_SIZES),
+                             ("head_input", HEAD_INPUTS), ("compile", COMPILE_MODES)):
+            if getattr(self, key) not in allowed:
+                bad(key, f"choose one of {list(allowed)}")
         if self.dataset == "synthetic" and self.synthetic_classes not in (10, 100):
             bad("synthetic_classes", "use 10 or 100")
         if self.regularizer and self.arch != "bottleneck":
@@ -109,18 +160,36 @@ class Config:
                 bad(key, "use a non-negative number")
 
 
-def _coerce(key: str, value, hint, source: str):
-    """Accept a value of the field's type (ints for floats too); anything else names the key."""
-    if hint is bool:
-        ok = isinstance(value, bool)
-    elif hint is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif hint is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    else:
-        ok = isinstance(value, hint)
-    if not ok:
-        raise ConfigError(f"{source}: {key}={value!r} has type {type(value).__name__}; "
-                          f"expected {hint.__name__}")
-    return value
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+TYPES: dict[str, type] = typing.get_type_hints(Config)          # name -> bool | int | float | str
+DEFAULTS = {name: f.default for name, f in FIELDS.items()}
+HELP = {name: f.metadata["help"] for name, f in FIELDS.items()}
+
+
+def fields_where(**rule) -> frozenset[str]:
+    """Config field names whose metadata matches, e.g. fields_where(role="execution")."""
+    return frozenset(n for n, f in FIELDS.items() if all(f.metadata[k] == v for k, v in rule.items()))
+
+
+# Fields a table cell pools over: they do not make two runs different experiments.
+NOT_EXPERIMENT = frozenset(FIELDS) - fields_where(role="experiment")
+# Fields that may differ between a checkpoint and the run that resumes it.
+RESUMABLE = fields_where(resumable=True)
+# Fields that identify a trial (its trial_key): everything but how and where it executes.
+IDENTITY = frozenset(FIELDS) - fields_where(role="execution")
+# Fields that may differ inside a fused group; all others must agree (trainer/fused.py).
+PER_MEMBER = fields_where(per_member=True)
+
+
+def check_type(value, kind, key: str, source: str):
+    """`value` as a `kind` (an int is accepted for a float; a bool is never an int), else a
+    ConfigError naming the key. `kind` may be a tuple of types. The one type check for
+    trial configs and sweep files alike."""
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    for k in kinds:
+        if k is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value) if kinds == (float,) else value
+        if isinstance(value, k) and (k is bool or not isinstance(value, bool)):
+            return value
+    want = " or ".join(k.__name__ for k in kinds)
+    raise ConfigError(f"{source}: {key}={value!r} has type {type(value).__name__}; expected {want}")

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from .config import DATASET_SIZES
+
 # Per-channel mean/std of the CIFAR-10 training set (0-1 scale); used for every dataset.
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
@@ -60,7 +62,8 @@ class Data:
 def load_data(dataset: str, data_dir: str, num_classes: int, train_samples: int,
               test_samples: int, device: torch.device) -> Data:
     if dataset == "synthetic":
-        n_train, n_test = train_samples or 50_000, test_samples or 10_000
+        full_train, full_test = DATASET_SIZES["synthetic"]
+        n_train, n_test = train_samples or full_train, test_samples or full_test
         x, y = synthetic_images(n_train + n_test, num_classes, seed=DATA_SEED)
         parts = (x[:n_train], y[:n_train], x[n_train:], y[n_train:])
     else:

@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
-from .config import Config
+from .config import RESUMABLE, Config
 from .data import Data, load_data, normalize, steps_per_epoch, train_batches
 from .manifold import local_loss, local_terms
 from .memory import MemoryTimeline, cuda_peak_metrics, forward_peak_mb, model_bytes
@@ -25,8 +25,6 @@ from .model import build_model
 CHECKPOINT = "checkpoint.pt"
 CHECK_EVERY = 100     # steps between loss checks: one host sync per 100 steps on CUDA
 EVAL_BATCH = 1000     # images per forward pass when measuring accuracy (eval mode)
-# Config keys that may differ between a checkpoint and the run resuming it.
-RESUMABLE_CHANGES = {"epochs", "eval_every", "checkpoint_every", "device", "threads", "data_dir"}
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -202,7 +200,7 @@ def load_checkpoint(ckpt_dir: Path, cfg, model, opt, gen, device) -> int:
         return 0
     state = torch.load(path, map_location=device, weights_only=False)
     old, new = state["config"], cfg.to_dict()
-    changed = {k for k in new if old.get(k) != new[k]} - RESUMABLE_CHANGES
+    changed = {k for k in new if old.get(k) != new[k]} - RESUMABLE
     if changed:
         raise ResumeMismatch(f"{path} was written by a different config ({sorted(changed)} differ); "
                              f"use a new checkpoint folder for a new config")
