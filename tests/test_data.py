@@ -7,8 +7,9 @@ import pytest
 import torch
 import torchvision
 
-from trainer.data import (CIFAR, Data, DatasetNotFound, augment, load_data, read_cifar,
-                          steps_per_epoch, stratified_subset, synthetic_images, train_batches)
+from trainer.data import (CIFAR, Data, DatasetNotFound, EpochPlan, augment, epoch_seed, group_batch,
+                          load_data, normalize, read_cifar, steps_per_epoch, stratified_subset,
+                          synthetic_images)
 
 
 def sha256(t: torch.Tensor) -> str:
@@ -60,19 +61,50 @@ def test_stratified_subset_keeps_class_proportions(counts, n, expected):
     assert torch.equal(stratified_subset(x, y, n)[0], xs)           # a fixed draw
 
 
-def test_augment_is_a_padded_shift_or_flip_and_deterministic():
-    x = torch.randint(1, 256, (6, 3, 32, 32), dtype=torch.uint8,
+def test_augment_crops_the_padded_image_at_the_offsets_and_flips():
+    x = torch.randint(1, 256, (3, 3, 32, 32), dtype=torch.uint8,
                       generator=torch.Generator().manual_seed(0))  # no zeros: padding shows
-    a1 = augment(x, torch.Generator().manual_seed(5))
-    a2 = augment(x, torch.Generator().manual_seed(5))
-    assert a1.shape == x.shape and a1.dtype == torch.uint8
-    assert torch.equal(a1, a2)
-    assert not torch.equal(a1, augment(x, torch.Generator().manual_seed(6)))
+    dy, dx, flip = torch.tensor([0, 8, 3]), torch.tensor([8, 0, 4]), torch.tensor([False, True, False])
+    out = augment(x, dy, dx, flip)
     padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
-    for img, out in zip(padded, a1):                   # each is one of the 81 x 2 candidates
-        crops = [c for dy in range(9) for dx in range(9)
-                 for c in (img[:, dy:dy + 32, dx:dx + 32], img[:, dy:dy + 32, dx:dx + 32].flip(2))]
-        assert any(torch.equal(out, c) for c in crops)
+    assert out.shape == x.shape and out.dtype == torch.uint8
+    assert torch.equal(out[0], padded[0, :, 0:32, 8:40])
+    assert torch.equal(out[1], padded[1, :, 8:40, 0:32].flip(2))
+    assert torch.equal(out[2], padded[2, :, 3:35, 4:36])
+    # offsets (0, 8): the top 4 rows and the right 4 columns are padding, the rest image
+    assert (out[0, :, :4] == 0).all() and (out[0, :, :, -4:] == 0).all() and (out[0, :, 4:, :-4] > 0).all()
+
+
+def test_epoch_plans_are_each_members_own_and_repeat_by_seed_and_epoch():
+    """Member m's epoch draws depend on (its seed, epoch) only, not on its group."""
+    def draw(seeds, epoch):
+        gens = [torch.Generator() for _ in seeds]
+        for g, s in zip(gens, seeds):
+            g.manual_seed(epoch_seed(s, epoch))
+        return EpochPlan.draw(gens, 40, 8, 5, augment_on=True)
+    group, alone, again = draw([3, 7], 1), draw([7], 1), draw([3, 7], 1)
+    for field in ("order", "dy", "dx", "flip"):
+        assert torch.equal(getattr(group, field)[1], getattr(alone, field)[0])
+        assert torch.equal(getattr(group, field), getattr(again, field))
+    assert not torch.equal(group.order[0], group.order[1])                     # seeds differ
+    assert not torch.equal(draw([3], 2).order[0], group.order[0])              # epochs differ
+    assert sorted(group.order[0].tolist()) == list(range(40))                  # a permutation
+    assert int(group.dy.max()) <= 8 and int(group.dy.min()) >= 0
+    kept = group.keep([1])
+    assert torch.equal(kept.order[0], group.order[1]) and kept.order.shape == (1, 40)
+
+
+def test_epoch_seeds_differ_for_every_seed_and_epoch():
+    seeds = {epoch_seed(s, e) for s in range(50) for e in range(1, 201)}
+    assert len(seeds) == 50 * 200 and all(0 <= s < 2 ** 63 for s in seeds)
+
+
+def test_normalize_upsamples_to_224_on_the_device():
+    x = torch.full((2, 3, 32, 32), 128, dtype=torch.uint8)
+    small, big = normalize(x), normalize(x, torch.float64, 224)
+    assert small.shape == (2, 3, 32, 32) and small.dtype == torch.float32
+    assert big.shape == (2, 3, 224, 224) and big.dtype == torch.float64
+    assert torch.allclose(big[:, :, 100, 100], small[:, :, 10, 10].double(), atol=1e-6)  # flat stays flat
 
 
 @pytest.mark.parametrize("n,batch,steps", [(23, 5, 4), (25, 5, 5), (9, 2, 4)],
@@ -80,11 +112,14 @@ def test_augment_is_a_padded_shift_or_flip_and_deterministic():
 def test_last_partial_batch_is_dropped(n, batch, steps):
     x = torch.zeros(n, 3, 32, 32, dtype=torch.uint8)
     data = Data(x, torch.arange(n), x[:2], torch.arange(2), 10)
-    batches = list(train_batches(data, batch, torch.Generator().manual_seed(0), augment_on=True))
-    assert steps_per_epoch(data, batch) == len(batches) == steps
-    assert all(bx.shape == (batch, 3, 32, 32) and bx.dtype == torch.float32 for bx, _ in batches)
-    seen = torch.cat([by for _, by in batches])
-    assert len(set(seen.tolist())) == steps * batch               # no sample twice an epoch
+    gens = [torch.Generator().manual_seed(s) for s in (0, 1)]
+    assert steps_per_epoch(data, batch) == steps
+    plan = EpochPlan.draw(gens, n, steps, batch, augment_on=True)
+    batches = [group_batch(data, plan, s, batch, torch.float32, 32) for s in range(steps)]
+    assert all(bx.shape == (2, batch, 3, 32, 32) and bx.dtype == torch.float32 for bx, _ in batches)
+    for member in (0, 1):
+        seen = torch.cat([by[member] for _, by in batches])
+        assert len(set(seen.tolist())) == steps * batch           # no sample twice an epoch
 
 
 @pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainer.manifold import LocalTerm, distance_preservation_loss, local_loss, local_terms
+from trainer.manifold import LocalTerm, alpha, distance_preservation_loss, local_loss, local_terms
 from trainer.model import Net
 
 T = torch.float64
@@ -79,8 +79,18 @@ def test_gradient_is_finite_when_samples_coincide(prev, curr, value):
 ], ids=["adjacent", "even"])
 def test_local_terms_pair_the_layers_and_weight_the_second_half_more(reg_pairs, expected):
     alphas = {"a1": 1e-4, "a2": 1e-3}
-    terms = local_terms(10, reg_pairs, alphas["a1"], alphas["a2"])
-    assert terms == [LocalTerm(p, c, b, alphas[a]) for p, c, b, a in expected]
+    terms = local_terms(10, reg_pairs)
+    assert terms == [LocalTerm(p, c, b, a == "a1") for p, c, b, a in expected]
+    assert [alpha(t, 1e-4, 1e-3) for t in terms] == [alphas[a] for *_, a in expected]
+
+
+def test_batched_distances_are_each_members_own():
+    """(N, B, D) inputs give one loss per member, each equal to that member's alone."""
+    g = torch.Generator().manual_seed(0)
+    prev, curr = torch.randn(3, 5, 7, generator=g, dtype=T), torch.randn(3, 5, 4, generator=g, dtype=T)
+    batched = distance_preservation_loss(prev, curr)
+    assert batched.shape == (3,)
+    assert batched.tolist() == [distance_preservation_loss(p, c).item() for p, c in zip(prev, curr)]
 
 
 def bn_state(model):
@@ -88,7 +98,7 @@ def bn_state(model):
             if "running" in k or "num_batches" in k}
 
 
-TERMS = [(mode, t) for mode in ("adjacent", "even") for t in local_terms(10, mode, 1e-4, 1e-3)]
+TERMS = [(mode, t) for mode in ("adjacent", "even") for t in local_terms(10, mode)]
 
 
 @pytest.mark.parametrize("reg_pairs,term", TERMS,
@@ -119,8 +129,8 @@ def test_full_objective_gives_every_parameter_a_finite_gradient(arch, reg_pairs)
     model = Net(arch, 4, 10, 16).train()
     x, y = torch.randn(6, 3, 32, 32), torch.arange(6) % 10
     logits, feats = model(x)
-    terms = local_terms(10, reg_pairs, 1e-4, 1e-3) if reg_pairs else []
-    loss = F.cross_entropy(logits, y) + sum(t.alpha * local_loss(model.head.blocks, feats, t, 1e-3)
+    terms = local_terms(10, reg_pairs) if reg_pairs else []
+    loss = F.cross_entropy(logits, y) + sum(alpha(t, 1e-4, 1e-3) * local_loss(model.head.blocks, feats, t, 1e-3)
                                             for t in terms)
     loss.backward()
     assert torch.isfinite(logits).all() and torch.isfinite(loss)

@@ -47,6 +47,23 @@ def test_a_tiny_run_writes_history_and_final_measurements(tmp_path):
     assert "epoch 2/2" in out.stderr                                   # progress and epochs
 
 
+def test_progress_in_a_log_file_is_a_line_per_tenth_of_an_epoch(tmp_path):
+    """stderr is a pipe here, as in a Ray worker log: no carriage-return frames."""
+    out = trainer(*[a if a != "20" else "200" for a in TINY], cwd=tmp_path)   # 40 steps an epoch
+    assert out.returncode == 0, out.stderr
+    assert "\r" not in out.stderr
+    steps = [line for line in out.stderr.splitlines() if ": step " in line]
+    assert [line.split("step ")[1].split(" ")[0] for line in steps[:10]] == \
+        [f"{4 * k}/40" for k in range(1, 11)]                  # 10%, 20%, ..., 100%
+    assert len(steps) == 20                                     # 2 epochs x 10 lines
+
+
+def test_help_says_what_each_flag_means():
+    out = trainer("--help")
+    assert "W, narrowest bottleneck width" in out.stdout and "(default: 32)" in out.stdout
+    assert "SGD learning rate" in out.stdout
+
+
 @pytest.mark.parametrize("args,named", [
     (["--batch-size", "1"], "batch_size"),
     (["--epochs", "two"], "--epochs"),

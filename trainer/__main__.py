@@ -35,6 +35,32 @@ def config_parser() -> argparse.ArgumentParser:
     return p
 
 
+class Progress:
+    """On a terminal, a bar redrawn in place; in a log file (Ray worker logs, CI), one line
+    per ~10% of an epoch instead of thousands of carriage-return frames."""
+
+    def __init__(self, epochs: int, out):
+        self.epochs, self.out = epochs, out
+        self.tty = out.isatty()
+        self.t0 = time.perf_counter()
+        self.shown = 0                        # tenths of the epoch printed so far (non-TTY)
+
+    def __call__(self, epoch: int, step: int, steps: int) -> None:
+        done = step / steps
+        elapsed = time.perf_counter() - self.t0
+        if self.tty:
+            bar = "#" * int(30 * done) + "." * (30 - int(30 * done))
+            print(f"\repoch {epoch}/{self.epochs} [{bar}] {step}/{steps} {elapsed:6.0f}s",
+                  end="", file=self.out, flush=True)
+        elif int(10 * done) > self.shown:
+            self.shown = 0 if step == steps else int(10 * done)
+            print(f"epoch {epoch}/{self.epochs}: step {step}/{steps} ({100 * done:.0f}%), "
+                  f"{elapsed:.0f}s", file=self.out, flush=True)
+
+    def line(self, text: str) -> None:
+        print(("\r" + text + " " * 10) if self.tty else text, file=self.out, flush=True)
+
+
 def run_trial(argv: list[str]) -> int:
     args = vars(config_parser().parse_args(argv))
     checkpoint_dir, json_path = args.pop("checkpoint_dir"), args.pop("json")
@@ -46,21 +72,15 @@ def run_trial(argv: list[str]) -> int:
     from .train import train  # torch import after argument errors, which are instant
 
     print("config: " + " ".join(f"{k}={v}" for k, v in cfg.to_dict().items()), file=sys.stderr)
-    history, t0 = [], time.perf_counter()
-
-    def progress(epoch, step, steps):
-        done = step / steps
-        bar = "#" * int(30 * done) + "." * (30 - int(30 * done))
-        print(f"\repoch {epoch}/{cfg.epochs} [{bar}] {step}/{steps} "
-              f"{time.perf_counter() - t0:6.0f}s", end="", file=sys.stderr, flush=True)
-
+    history = []
+    progress = Progress(cfg.epochs, sys.stderr)
     for m in train(cfg, checkpoint_dir, progress):
         if m.final:
             summary = m.metrics
             break
         history.append({"epoch": m.epoch, **m.metrics})
         shown = ", ".join(f"{k} {v:.4g}" for k, v in m.metrics.items())
-        print(f"\repoch {m.epoch}/{cfg.epochs}: {shown}" + " " * 10, file=sys.stderr)
+        progress.line(f"epoch {m.epoch}/{cfg.epochs}: {shown}")
     print(json.dumps(summary, indent=2))
     if json_path:
         with open(json_path, "w") as f:

@@ -22,6 +22,8 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 
+from .errors import ConfigError
+
 DATASETS = ("cifar10", "cifar100", "synthetic")
 # Classes and (train, test) sizes of each dataset; synthetic's classes are its own knob.
 DATASET_CLASSES = {"cifar10": 10, "cifar100": 100}
@@ -35,10 +37,6 @@ IMAGE_SIZES = (32, 224)
 HEAD_INPUTS = ("flatten", "pool")
 COMPILE_MODES = ("off", "default", "reduce-overhead")
 ROLES = ("experiment", "replicate", "measurement", "execution")
-
-
-class ConfigError(ValueError):
-    """A trial config that cannot run: the message names the key and what is allowed."""
 
 
 def knob(default, help: str, role: str = "experiment", per_member: bool = False,

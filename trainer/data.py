@@ -3,9 +3,17 @@
 The images sit on the device as one uint8 tensor [N, 3, 32, 32]; batches are drawn by a
 per-epoch permutation and augmented + normalised there (airbench-style). At batch size 5
 a DataLoader with worker processes would cost more than the step itself.
+
+Each trial's randomness for one epoch (order, crops, flips; dropout later in the epoch)
+comes from its own generator on the device, seeded from (seed, epoch): nothing is copied
+from the host during a step (on CUDA each such copy stalls the stream), a resumed epoch
+draws exactly what an uninterrupted one would, and the trials of a fused group draw
+independently. The whole epoch's draws are made at its start (`EpochPlan`), so a step
+only slices them.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import pickle
 import warnings
@@ -15,6 +23,7 @@ from pathlib import Path
 import torch
 
 from .config import DATASET_SIZES
+from .errors import DatasetError
 
 # Per-channel mean/std of the CIFAR-10 training set (0-1 scale); used for every dataset.
 MEAN = (0.4914, 0.4822, 0.4465)
@@ -46,7 +55,7 @@ CIFAR = {  # folder, files (name, official md5), archive to place, URL
 }
 
 
-class DatasetNotFound(FileNotFoundError):
+class DatasetNotFound(DatasetError):
     """The CIFAR folder is missing and could not be downloaded; the message says what to do."""
 
 
@@ -175,34 +184,90 @@ def _crop(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, size: int = 
     return images[b, c, rows, cols]
 
 
-def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random crop with 4-px zero padding + horizontal flip. x (B, 3, 32, 32) uint8.
-    Random numbers come from `gen` (CPU) so the run's state is one checkpointable generator."""
-    b = len(x)
-    dy, dx = torch.randint(0, 9, (2, b), generator=gen).to(x.device)
-    flip = (torch.rand(b, generator=gen) < 0.5).to(x.device)
+def augment(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """Random crop with 4-px zero padding + horizontal flip. x (B, 3, 32, 32) uint8; the
+    offsets dy, dx in 0..8 and flip (bool) are (B,), drawn by `EpochPlan`."""
     x = _crop(torch.nn.functional.pad(x, (4, 4, 4, 4)), dy, dx)
     return torch.where(flip[:, None, None, None], x.flip(3), x)
 
 
-def normalize(x: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, 3, 32, 32) -> float32, per-channel standardised."""
-    mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
-    return (x.float() / 255 - mean) / std
+@functools.lru_cache(maxsize=None)
+def _mean_std(device: torch.device, dtype: torch.dtype):
+    """The normalisation constants, built once per device and dtype (not on every step)."""
+    mean = torch.tensor(MEAN, dtype=dtype).view(1, 3, 1, 1).to(device)
+    std = torch.tensor(STD, dtype=dtype).view(1, 3, 1, 1).to(device)
+    return mean, std
 
 
-def train_batches(data: Data, batch_size: int, gen: torch.Generator, augment_on: bool):
-    """One epoch: a permutation of the training set in full batches. The last partial batch
-    is dropped (BatchNorm cannot train on a batch of one; the paper's batches are all full)."""
-    order = torch.randperm(len(data.train_y), generator=gen).to(data.train_x.device)
-    for start in range(0, len(order) - batch_size + 1, batch_size):
-        idx = order[start:start + batch_size]
-        x = data.train_x[idx]
-        if augment_on:
-            x = augment(x, gen)
-        yield normalize(x), data.train_y[idx]
+def normalize(x: torch.Tensor, dtype: torch.dtype = torch.float32, image_size: int = 32) -> torch.Tensor:
+    """uint8 (B, 3, 32, 32) -> float, per-channel standardised, upsampled (bilinear) to
+    image_size on the device when that is not 32 (the paper's 224x224 profiling)."""
+    mean, std = _mean_std(x.device, dtype)
+    x = (x.to(dtype) / 255 - mean) / std
+    if image_size != x.shape[-1]:
+        x = torch.nn.functional.interpolate(x, size=(image_size, image_size), mode="bilinear",
+                                            align_corners=False)
+    return x
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The generator seed of one trial's epoch: distinct for every (seed, epoch)."""
+    digest = hashlib.sha256(f"{seed}:{epoch}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2 ** 63 - 1)
+
+
+@dataclass
+class EpochPlan:
+    """One epoch's draws for the N trials of a group: rows are members, columns samples in
+    the order they are trained. steps * batch_size columns (the last partial batch is
+    dropped: BatchNorm cannot train on a batch of one; the paper's batches are all full)."""
+    order: torch.Tensor                  # (N, steps * B) int64: indices into the training set
+    dy: torch.Tensor | None              # (N, steps * B) crop offsets, None without augmentation
+    dx: torch.Tensor | None
+    flip: torch.Tensor | None            # (N, steps * B) bool
+
+    @classmethod
+    def draw(cls, generators: list[torch.Generator], n_train: int, steps: int, batch_size: int,
+             augment_on: bool) -> "EpochPlan":
+        """Each member's order and augmentation from its own generator (already seeded for
+        this epoch with `epoch_seed`)."""
+        used, rows = steps * batch_size, []
+        for g in generators:
+            order = torch.randperm(n_train, generator=g, device=g.device)[:used]
+            if augment_on:
+                dy, dx = torch.randint(0, 9, (2, used), generator=g, device=g.device)
+                rows.append((order, dy, dx, torch.rand(used, generator=g, device=g.device) < 0.5))
+            else:
+                rows.append((order, None, None, None))
+        cols = list(zip(*rows))
+        return cls(*(torch.stack(c) if c[0] is not None else None for c in cols))
+
+    def keep(self, members: list[int]) -> "EpochPlan":
+        """The plan of a subset of the members (a failed member leaves the group)."""
+        idx = torch.tensor(members, dtype=torch.long, device=self.order.device)
+        return EpochPlan(*(t[idx] if t is not None else None
+                           for t in (self.order, self.dy, self.dx, self.flip)))
+
+
+def group_batch(data: Data, plan: EpochPlan, step: int, batch_size: int, dtype: torch.dtype,
+                image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step `step` of every member: x (N, B, 3, S, S) normalised, y (N, B). One gather and
+    one augmentation for the whole group."""
+    cols = slice(step * batch_size, (step + 1) * batch_size)
+    idx = plan.order[:, cols]                                              # (N, B)
+    n, b = idx.shape
+    x = data.train_x[idx.flatten()]                                        # (N*B, 3, 32, 32) uint8
+    if plan.dy is not None:
+        x = augment(x, plan.dy[:, cols].flatten(), plan.dx[:, cols].flatten(),
+                    plan.flip[:, cols].flatten())
+    x = normalize(x, dtype, image_size)
+    return x.view(n, b, *x.shape[1:]), data.train_y[idx]
 
 
 def steps_per_epoch(data: Data, batch_size: int) -> int:
     return len(data.train_y) // batch_size
+
+
+def resident_bytes(data: Data) -> int:
+    """Bytes the dataset keeps on the device (uint8 images + int64 labels)."""
+    return sum(t.numel() * t.element_size() for t in (data.train_x, data.train_y, data.test_x, data.test_y))

@@ -2,7 +2,9 @@
 
 Both return (logits, feats): feats[0] is the conv output and feats[k] the activation of
 head layer k (FC1..FC10 for the bottleneck), which the manifold regularizer compares.
-The model computes no loss.
+The model computes no loss. This is one trial's network: its state_dict is the checkpoint
+format and its bytes are Table 5's. Training runs it through trainer/fused.py, which stacks
+the networks of a group of trials (a group of one for a solo trial).
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ VGG16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512
 
 
 def vgg16_features(divisor: int = 1) -> nn.Sequential:
-    """(B, 3, 32, 32) -> (B, 512/divisor, 1, 1). divisor=1 is the paper's network."""
+    """(B, 3, S, S) -> (B, 512/divisor, S/32, S/32). divisor=1 is the paper's network."""
     layers, c_in = [], 3
     for v in VGG16:
         if v == "M":
@@ -26,6 +28,20 @@ def vgg16_features(divisor: int = 1) -> nn.Sequential:
                        nn.ReLU(inplace=True)]
             c_in = c_out
     return nn.Sequential(*layers)
+
+
+def head_input_size(divisor: int, image_size: int, head_input: str) -> int:
+    """Features entering the head. At 32x32 the conv output is 1x1x512: both readings agree.
+    At 224x224 it is 7x7x512. Our reading (DESIGN.md, "Memory"): flattened into FC1, 25,088
+    features, which reproduces the paper's jump from forward peak to overall peak (FC1's
+    gradient); `pool` averages it to 512 features instead."""
+    side = image_size // 32
+    return 512 // divisor * (side * side if head_input == "flatten" else 1)
+
+
+def to_head_input(h: torch.Tensor, head_input: str) -> torch.Tensor:
+    """Conv output (..., C, s, s) -> (..., D): flattened, or averaged over the s x s map."""
+    return h.flatten(-3) if head_input == "flatten" else h.mean((-2, -1))
 
 
 def bottleneck_widths(width: int) -> list[int]:
@@ -42,6 +58,10 @@ class FCBlock(nn.Module):
         super().__init__()
         self.fc = nn.Linear(d_in, d_out)
         self.bn = nn.BatchNorm1d(d_out)
+
+    def squared_norm(self) -> torch.Tensor:
+        """||theta||^2 of this layer's parameters (Eq. 4's lambda term)."""
+        return sum(p.pow(2).sum() for p in self.parameters())
 
     def forward(self, x: torch.Tensor, track_stats: bool = True) -> torch.Tensor:
         if track_stats or not self.training:
@@ -67,7 +87,7 @@ class BottleneckHead(nn.Module):
 
 
 class VGGHead(nn.Module):
-    """The vanilla VGG16 classifier on a 1x1 map: 512 -> 4096 -> 4096 -> classes."""
+    """The vanilla VGG16 classifier: d_in (512 at 32x32) -> 4096 -> 4096 -> classes."""
 
     def __init__(self, d_in: int, hidden: int, num_classes: int):
         super().__init__()
@@ -82,17 +102,25 @@ class VGGHead(nn.Module):
 
 
 class Net(nn.Module):
-    def __init__(self, arch: str, width: int, num_classes: int, divisor: int = 1):
+    def __init__(self, arch: str, width: int, num_classes: int, divisor: int = 1,
+                 image_size: int = 32, head_input: str = "flatten"):
         super().__init__()
+        self.head_input = head_input
         self.features = vgg16_features(divisor)
-        d = 512 // divisor
+        d = head_input_size(divisor, image_size, head_input)
         self.head = (BottleneckHead(d, width, num_classes) if arch == "bottleneck"
                      else VGGHead(d, 4096 // divisor, num_classes))
 
     def forward(self, x: torch.Tensor):
-        h0 = self.features(x).flatten(1)                # (B, 3, 32, 32) -> (B, 512)
-        return self.head(h0)                             # logits (B, classes), feats
+        h0 = to_head_input(self.features(x), self.head_input)   # (B, 3, S, S) -> (B, D)
+        return self.head(h0)                                     # logits (B, classes), feats
 
 
 def build_model(cfg) -> Net:
-    return Net(cfg.arch, cfg.width, cfg.num_classes, cfg.vgg_width_divisor)
+    """One trial's network, initialised from its seed on the CPU (so the same seed gives
+    the same weights on every device and in every dtype), then moved and cast."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        net = Net(cfg.arch, cfg.width, cfg.num_classes, cfg.vgg_width_divisor, cfg.image_size,
+                  cfg.head_input)
+    return net.to(getattr(torch, cfg.dtype))

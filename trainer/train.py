@@ -1,7 +1,10 @@
-"""The training loop: one trial, from a Config to per-epoch measurements and checkpoints.
+"""The training loop: a group of trials trained together (fused), from Configs to per-epoch
+measurements and checkpoints. A solo trial is a group of one.
 
-    for m in train(cfg, checkpoint_dir="ckpt"):   # resumes from ckpt/checkpoint.pt if there
+    for m in train(cfg, checkpoint_dir="ckpt"):              # one trial; resumes from ckpt/
         print(m.epoch, m.metrics)
+    for events in train_group([cfg_a, cfg_b], ["a", "b"]):   # fused: per epoch, a Measurement
+        ...                                                  # (or MemberFailed) per member
 
 Knows nothing of Ray, MLflow or YAML: callers decide where measurements go.
 """
@@ -14,25 +17,18 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
-import torch.nn.functional as F
 
-from .config import RESUMABLE, Config
-from .data import Data, load_data, normalize, steps_per_epoch, train_batches
-from .manifold import local_loss, local_terms
+from . import checkpoint
+from .config import PER_MEMBER, Config
+from .data import Data, EpochPlan, epoch_seed, group_batch, load_data, normalize, resident_bytes, \
+    steps_per_epoch
+from .errors import ConfigError, NonFiniteLoss, TrialError
+from .group import Group
 from .memory import MemoryTimeline, cuda_peak_metrics, forward_peak_mb, model_bytes
 from .model import build_model
 
-CHECKPOINT = "checkpoint.pt"
 CHECK_EVERY = 100     # steps between loss checks: one host sync per 100 steps on CUDA
-EVAL_BATCH = 1000     # images per forward pass when measuring accuracy (eval mode)
-
-
-class NonFiniteLoss(FloatingPointError):
-    pass
-
-
-class ResumeMismatch(ValueError):
-    pass
+EVAL_BATCH = 1000     # 32x32 images per forward pass when measuring accuracy (eval mode)
 
 
 @dataclass
@@ -42,6 +38,25 @@ class Measurement:
     checkpoint: Path | None = None     # written this epoch (the whole state), else None
     artifacts: dict = field(default_factory=dict)   # name.json -> JSON-able dict
     final: bool = False
+    member: int = 0                    # index of the trial in train_group's list
+
+
+@dataclass
+class MemberFailed:
+    """A member that left its group with its own error; the others go on."""
+    member: int
+    error: Exception
+
+
+@dataclass
+class Member:
+    index: int                         # position in the caller's list
+    cfg: Config
+    folder: Path | None                # checkpoint folder
+    epoch: int = 0                     # epochs done
+    generator: torch.Generator | None = None   # its own randomness, on the device
+    bytes: tuple[int, int] = (0, 0)    # (parameter, buffer) bytes of its network
+    metrics: dict = field(default_factory=dict)   # its last epoch's
 
 
 def available_cpus() -> int:
@@ -56,106 +71,230 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def check_fusable(cfgs: list[Config]) -> Config:
+    """The group's shared config (the first member's); raises ConfigError naming the first
+    field that fixes shapes or the optimizer and differs between members."""
+    if not cfgs:
+        raise ConfigError("train_group: no trials given")
+    for cfg in cfgs:
+        cfg.validate()
+    for name in cfgs[0].to_dict():
+        values = [getattr(c, name) for c in cfgs]
+        if name not in PER_MEMBER and len(set(map(repr, values))) > 1:
+            raise ConfigError(f"these trials cannot train as one group: {name} differs ({values}); "
+                              f"only {sorted(PER_MEMBER)} may differ inside a group")
+    if len(cfgs) > 1 and cfgs[0].memory_timeline:
+        raise ConfigError("memory_timeline measures one trial's memory: train it alone, not fused")
+    return cfgs[0]
+
+
 def train(cfg: Config, checkpoint_dir: str | os.PathLike | None = None,
           progress: Callable[[int, int, int], None] | None = None) -> Iterator[Measurement]:
-    """Run (or resume) one trial; yield a Measurement per epoch, then a final one.
-    `progress(epoch, step, steps_per_epoch)` is called about 100 times an epoch."""
-    cfg.validate()
+    """Run (or resume) one trial; yield a Measurement per epoch, then a final one."""
+    for events in train_group([cfg], [checkpoint_dir], progress):
+        for event in events:
+            if isinstance(event, MemberFailed):
+                raise event.error
+            yield event
+
+
+def train_group(cfgs: list[Config], checkpoint_dirs: list | None = None,
+                progress: Callable[[int, int, int], None] | None = None) -> Iterator[list]:
+    """Train (or resume) the trials together. Per epoch of the group, yield a list with a
+    Measurement for every member that trained it (and its final Measurement after its last
+    epoch) and a MemberFailed for every member that left. Members may resume from different
+    epochs; each trains until its own last. `progress(epoch, step, steps)` is called about
+    100 times an epoch (epoch: the lowest of the members')."""
+    cfg = check_fusable(cfgs)
     device = resolve_device(cfg.device)
     # More OpenMP threads than free cores makes a CPU step 10-100x slower: match them.
     torch.set_num_threads(cfg.threads or available_cpus())
+    # cuDNN picks its fastest conv algorithms per shape; they may differ between reruns.
     torch.backends.cudnn.benchmark = device.type == "cuda"
-    torch.manual_seed(cfg.seed)
     data = load_data(cfg.dataset, cfg.data_dir, cfg.num_classes, cfg.train_samples,
                      cfg.test_samples, device)
-    model = build_model(cfg).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                          weight_decay=cfg.weight_decay)
-    gen = torch.Generator().manual_seed(cfg.seed)      # data order + augmentation
-    terms = local_terms(len(model.head.blocks), cfg.reg_pairs, cfg.alpha_first,
-                        cfg.alpha_second) if cfg.regularizer else []
-    param_bytes, buffer_bytes = model_bytes(model)
-    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    start = load_checkpoint(ckpt_dir, cfg, model, opt, gen, device) if ckpt_dir else 0
     steps = steps_per_epoch(data, cfg.batch_size)
     if steps == 0:
-        raise ValueError(f"{len(data.train_y)} training samples make no batch of {cfg.batch_size}")
+        raise ConfigError(f"{len(data.train_y)} training samples make no batch of {cfg.batch_size}")
+    folders = checkpoint_dirs or [None] * len(cfgs)
+    members = [Member(i, c, Path(d) if d is not None else None)
+               for i, (c, d) in enumerate(zip(cfgs, folders))]
+    members.sort(key=lambda m: -m.cfg.width)      # one head shape (width) next to each other
+    group, events = _resume(members, device)
+    if group is not None:
+        events += [_final(group, i, data) for i in _done(group)]   # finished before: report
+        group = group.without(_done(group))
+    if events:
+        yield events
+    while group is not None:
+        group, events = _epoch(group, data, steps, device, progress)
+        if group is not None:
+            events += [_final(group, i, data) for i in _done(group)]
+            group = group.without(_done(group))
+        yield events
 
-    metrics = {}
-    for epoch in range(start + 1, cfg.epochs + 1):
-        timeline = None
-        if cfg.memory_timeline and epoch == 1 and device.type == "cuda":
-            timeline = MemoryTimeline(model, lambda: torch.cuda.memory_allocated(device),
-                                      cfg.timeline_steps)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        model.train()
-        t0 = time.perf_counter()
-        loss_sum, pending = 0.0, []
-        for step, (x, y) in enumerate(train_batches(data, cfg.batch_size, gen, cfg.augment)):
-            logits, feats = model(x)                      # (B, classes), [(B, 512), (B, 16W), ...]
-            ce = F.cross_entropy(logits, y)
-            L_u = [t.alpha * local_loss(model.head.blocks, feats, t, cfg.reg_lambda) for t in terms]
-            loss = ce + sum(L_u)                          # Eq. 1 + Eq. 3
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if timeline:
-                timeline.end_step()
-            pending.append(loss.detach())
-            if len(pending) == CHECK_EVERY or step == steps - 1:
-                loss_sum += _check_finite(pending, epoch, step)
-                pending = []
-                if progress:
-                    progress(epoch, step + 1, steps)
-            elif progress and (step + 1) % max(1, steps // 100) == 0:
-                progress(epoch, step + 1, steps)
-        metrics = {"train_loss": loss_sum / steps, "epoch_seconds": time.perf_counter() - t0}
-        if device.type == "cuda":
-            metrics.update(cuda_peak_metrics(device, param_bytes + buffer_bytes))
-        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
-            train_acc, test_acc = accuracy(model, data.train_x, data.train_y), \
-                accuracy(model, data.test_x, data.test_y)
-            metrics.update(train_accuracy=train_acc, test_accuracy=test_acc,
-                           generalization_gap=train_acc - test_acc)
-        saved = None
-        if ckpt_dir and (epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs):
-            saved = save_checkpoint(ckpt_dir, cfg, model, opt, gen, epoch)
+
+def _resume(members: list[Member], device) -> tuple[Group | None, list]:
+    """The group of every member that can train, each from its checkpoint if it has one;
+    a member whose checkpoint cannot be used fails alone."""
+    nets, momenta, ok, failed = [], [], [], []
+    for m in members:
+        m.generator = torch.Generator(device=device)
+        net = build_model(m.cfg)
+        m.bytes = model_bytes(net)
+        try:
+            state = checkpoint.load(m.folder, m.cfg) if m.folder else None
+        except TrialError as err:
+            failed.append(MemberFailed(m.index, err))
+            continue
+        if state is not None:
+            net.load_state_dict(state["model"])
+            m.epoch = state["epoch"]
+        nets.append(net.to(device))
+        momenta.append(state["momentum"] if state else {})
+        ok.append(m)
+    return (Group(ok, nets, momenta) if ok else None), failed
+
+
+def _done(group: Group) -> list[int]:
+    return [i for i, m in enumerate(group.members) if m.epoch >= m.cfg.epochs]
+
+
+def _epoch(group: Group, data: Data, steps: int, device, progress) -> tuple[Group | None, list]:
+    """Every member trains its next epoch: measure, evaluate, checkpoint."""
+    cfg = group.members[0].cfg
+    t0 = time.perf_counter()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    if cfg.memory_timeline and group.members[0].epoch == 0 and device.type == "cuda":
+        group.timeline = MemoryTimeline(group.model, lambda: torch.cuda.memory_allocated(device),
+                                        cfg.timeline_steps)
+    for m in group.members:
+        m.generator.manual_seed(epoch_seed(m.cfg.seed, m.epoch + 1))
+    plan = EpochPlan.draw([m.generator for m in group.members], len(data.train_y), steps,
+                          cfg.batch_size, cfg.augment)
+    group, losses, events = train_one_epoch(group, data, plan, cfg, progress)
+    if group is None:
+        return None, events
+    seconds = time.perf_counter() - t0
+    memory = _memory_metrics(group, data, device)
+    evaluated = evaluate(group, data)
+    for i, m in enumerate(group.members):
+        m.epoch += 1
+        m.metrics = {"train_loss": losses[i] / steps, "epoch_seconds": seconds, **memory,
+                     **evaluated.get(i, {})}
         artifacts = {}
-        if timeline:
-            artifacts["memory_timeline.json"] = _timeline_artifact(timeline, cfg)
-            metrics["forward_peak_memory_mb"] = forward_peak_mb(
-                artifacts["memory_timeline.json"], param_bytes + buffer_bytes)
-        yield Measurement(epoch, metrics, saved, artifacts)
+        if group.timeline is not None:
+            artifacts["memory_timeline.json"] = _timeline_artifact(group.timeline, m)
+            m.metrics["forward_peak_memory_mb"] = forward_peak_mb(
+                artifacts["memory_timeline.json"], sum(m.bytes) + resident_bytes(data))
+        saved = None
+        if m.folder and (m.epoch % cfg.checkpoint_every == 0 or m.epoch == cfg.epochs):
+            saved = checkpoint.save(m.folder, m.epoch, m.cfg, *group.member_state(i))
+        events.append(Measurement(m.epoch, dict(m.metrics), saved, artifacts, member=m.index))
+    group.timeline = None
+    return group, events
 
-    final = {"model_param_bytes": param_bytes, "model_buffer_bytes": buffer_bytes}
-    artifacts = {}
-    if cfg.representation_analysis:
-        artifacts["representation_analysis.json"] = analyze(model, data, cfg)
-    yield Measurement(cfg.epochs, {**metrics, **final}, None, artifacts, final=True)
+
+def train_one_epoch(group: Group, data: Data, plan: EpochPlan, cfg: Config,
+                    progress=None) -> tuple[Group | None, list[float], list[MemberFailed]]:
+    """One epoch of every member: (the group without the members whose loss turned
+    non-finite, the summed loss of each remaining member, a MemberFailed per leaver)."""
+    steps = plan.order.shape[1] // cfg.batch_size
+    loss_sum = torch.zeros(group.n, dtype=torch.float64, device=plan.order.device)
+    pending, failed = [], []
+    for step in range(steps):
+        x, y = group_batch(data, plan, step, cfg.batch_size, group.dtype, cfg.image_size)
+        pending.append(group.step(x, y))                  # (N,) losses; no host sync
+        if group.timeline is not None:
+            group.timeline.end_step()
+        if len(pending) == CHECK_EVERY or step == steps - 1:
+            window = torch.stack(pending)                 # (steps, N): one host sync here
+            pending = []
+            loss_sum += window.double().sum(0)
+            bad = _non_finite(window, group, step)
+            if bad:
+                failed += [MemberFailed(group.members[i].index, err) for i, err in bad]
+                keep = [i for i in range(group.n) if i not in dict(bad)]
+                group = group.without(sorted(dict(bad)))
+                if group is None:
+                    return None, [], failed
+                loss_sum, plan = loss_sum[keep], plan.keep(keep)
+        if progress and ((step + 1) % max(1, steps // 100) == 0 or step == steps - 1):
+            progress(min(m.epoch for m in group.members) + 1, step + 1, steps)
+    return group, loss_sum.tolist(), failed
 
 
-def _check_finite(losses: list[torch.Tensor], epoch: int, last_step: int) -> float:
-    """Sum of the losses; raises naming the first non-finite step (0-based, in the epoch)."""
-    window = torch.stack(losses)
+def _non_finite(window: torch.Tensor, group: Group, last_step: int) -> list[tuple[int, Exception]]:
+    """(position in the group, NonFiniteLoss naming the epoch and first bad step) for every
+    member whose loss is NaN or infinite somewhere in the window (steps, N)."""
     finite = torch.isfinite(window)
-    if not bool(finite.all()):
-        first = last_step - len(losses) + 1 + int((~finite).nonzero()[0])
-        raise NonFiniteLoss(f"loss is {window[~finite][0].item()} at epoch {epoch}, step {first}: "
-                            f"lower lr or alpha_*, or check the data")
-    return float(window.sum())
+    if bool(finite.all()):
+        return []
+    out = []
+    for i in (~finite).any(0).nonzero().flatten().tolist():
+        first = int((~finite[:, i]).nonzero()[0])
+        step = last_step - len(window) + 1 + first
+        out.append((i, NonFiniteLoss(f"loss is {window[first, i].item()} at epoch "
+                                     f"{group.members[i].epoch + 1}, step {step}: lower lr or "
+                                     f"alpha_*, or check the data")))
+    return out
+
+
+def _memory_metrics(group: Group, data: Data, device) -> dict:
+    """CUDA peak memory of the epoch. A fused group's peak is the whole group's: it is
+    logged as group_peak_memory_mb, never as one trial's peak."""
+    if device.type != "cuda":
+        return {}
+    m = group.members[0]
+    peak = cuda_peak_metrics(device, sum(m.bytes) + resident_bytes(data))
+    if group.n == 1:
+        return peak
+    return {"group_peak_memory_mb": peak["peak_memory_mb"],
+            "gpu_total_memory_mb": peak["gpu_total_memory_mb"]}
+
+
+def evaluate(group: Group, data: Data) -> dict[int, dict]:
+    """Train and test accuracy (%) of the members due for evaluation this epoch (every
+    eval_every epochs, and the last), by position in the group."""
+    cfg = group.members[0].cfg
+    due = [i for i, m in enumerate(group.members)
+           if (m.epoch + 1) % cfg.eval_every == 0 or m.epoch + 1 == cfg.epochs]
+    if not due:
+        return {}
+    train_acc = accuracy(group, data.train_x, data.train_y)
+    test_acc = accuracy(group, data.test_x, data.test_y)
+    return {i: {"train_accuracy": train_acc[i], "test_accuracy": test_acc[i],
+                "generalization_gap": train_acc[i] - test_acc[i]} for i in due}
 
 
 @torch.no_grad()
-def accuracy(model, x_uint8: torch.Tensor, y: torch.Tensor) -> float:
-    """Top-1 accuracy in %, eval mode (BatchNorm running stats, no dropout, no augmentation)."""
+def accuracy(group: Group, x_uint8: torch.Tensor, y: torch.Tensor) -> list[float]:
+    """Top-1 accuracy in % of every member, eval mode (BatchNorm running stats, no
+    dropout, no augmentation); all members see the same images at once."""
+    cfg, model = group.members[0].cfg, group.model
+    chunk = max(1, EVAL_BATCH // (group.n * (cfg.image_size // 32) ** 2))
     model.eval()
-    correct = 0
-    for i in range(0, len(y), EVAL_BATCH):
-        logits, _ = model(normalize(x_uint8[i:i + EVAL_BATCH]))
-        correct += int((logits.argmax(1) == y[i:i + EVAL_BATCH]).sum())
+    correct = torch.zeros(group.n, dtype=torch.int64, device=y.device)
+    for i in range(0, len(y), chunk):
+        x = normalize(x_uint8[i:i + chunk], group.dtype, cfg.image_size)
+        logits = torch.cat([lg for lg, _ in model(x.expand(group.n, *x.shape))])   # (N, b, C)
+        correct += (logits.argmax(-1) == y[i:i + chunk]).sum(1)
     model.train()
-    return 100.0 * correct / len(y)
+    return (100.0 * correct.double() / len(y)).tolist()
+
+
+def _final(group: Group, i: int, data: Data) -> Measurement:
+    """A member's summary after its last epoch: its last metrics, its model bytes and,
+    when asked for, Figures 4-5's analysis."""
+    m = group.members[i]
+    metrics = {**m.metrics, "model_param_bytes": m.bytes[0], "model_buffer_bytes": m.bytes[1]}
+    artifacts = {}
+    if m.cfg.representation_analysis:
+        net = build_model(m.cfg)
+        net.load_state_dict(group.member_state(i)[0])
+        artifacts["representation_analysis.json"] = analyze(net.to(data.train_x.device), data, m.cfg)
+    return Measurement(m.epoch, metrics, None, artifacts, final=True, member=m.index)
 
 
 @torch.no_grad()
@@ -164,50 +303,19 @@ def analyze(model, data: Data, cfg: Config) -> dict:
     from .analysis import representation_analysis  # scikit-learn: only when asked for
 
     model.eval()
+    dtype = getattr(torch, cfg.dtype)
     out = {}
     for split, x, y in (("train", data.train_x, data.train_y), ("test", data.test_x, data.test_y)):
         idx = torch.cat([(y == c).nonzero()[:cfg.analysis_samples, 0] for c in (3, 5)])
-        feats = [torch.cat(f) for f in zip(*(model(normalize(x[chunk]))[1]
-                                           for chunk in idx.split(EVAL_BATCH)))]
+        chunks = idx.split(max(1, EVAL_BATCH // (cfg.image_size // 32) ** 2))
+        feats = [torch.cat(f) for f in zip(*(model(normalize(x[c], dtype, cfg.image_size))[1]
+                                           for c in chunks))]
         names = ["conv"] + [f"FC{k}" for k in range(1, len(feats))]
         acts = {n: f.float().cpu().numpy() for n, f in zip(names, feats)}
         out[split] = representation_analysis(acts, y[idx].cpu().numpy(), seed=cfg.seed)
-    model.train()
     return out
 
 
-def _timeline_artifact(timeline: MemoryTimeline, cfg: Config) -> dict:
-    return {**timeline.close(), "batch_size": cfg.batch_size, "arch": cfg.arch, "width": cfg.width}
-
-
-def save_checkpoint(ckpt_dir: Path, cfg, model, opt, gen, epoch: int) -> Path:
-    """The whole state, written atomically: a crash mid-write leaves the previous one."""
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    state = {"epoch": epoch, "config": cfg.to_dict(), "model": model.state_dict(),
-             "optimizer": opt.state_dict(), "generator": gen.get_state(),
-             "torch_rng": torch.get_rng_state(),
-             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-    path, tmp = ckpt_dir / CHECKPOINT, ckpt_dir / (CHECKPOINT + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-    return path
-
-
-def load_checkpoint(ckpt_dir: Path, cfg, model, opt, gen, device) -> int:
-    """Restore the state in ckpt_dir if there is one; returns the epoch it reached (0 if none)."""
-    path = ckpt_dir / CHECKPOINT
-    if not path.is_file():
-        return 0
-    state = torch.load(path, map_location=device, weights_only=False)
-    old, new = state["config"], cfg.to_dict()
-    changed = {k for k in new if old.get(k) != new[k]} - RESUMABLE
-    if changed:
-        raise ResumeMismatch(f"{path} was written by a different config ({sorted(changed)} differ); "
-                             f"use a new checkpoint folder for a new config")
-    model.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])
-    gen.set_state(state["generator"])
-    torch.set_rng_state(state["torch_rng"])
-    if state["cuda_rng"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
-    return state["epoch"]
+def _timeline_artifact(timeline: MemoryTimeline, m: Member) -> dict:
+    return {**timeline.close(), "batch_size": m.cfg.batch_size, "arch": m.cfg.arch,
+            "width": m.cfg.width, "image_size": m.cfg.image_size}

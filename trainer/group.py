@@ -1,0 +1,129 @@
+"""The trials of one fused group as one trainable thing: their stacked model (fused.py),
+one SGD over it, the objective of each member, and the training step.
+
+    group = Group(members, nets, momenta)     # members: train.Member, nets: their Nets
+    losses = group.step(x, y)                 # x (N, B, 3, S, S), y (N, B) -> (N,) losses
+    model_state, momentum = group.member_state(i)   # member i as a solo checkpoint holds it
+    group = group.without([i])                # member i leaves (it finished, or failed)
+
+SGD is elementwise, so one SGD over the stacked parameters is N SGDs with the same
+lr/momentum/weight decay (those must agree inside a group); each member's momentum
+buffer is its slice.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .fused import FusedNet
+from .manifold import LocalTerm, alpha, local_loss, local_terms
+from .model import build_model
+
+
+@dataclass
+class HeadObjective:
+    """The loss terms of one head sub-group (members of one width): Eq. 1 + Eq. 3."""
+    members: slice
+    terms: list[LocalTerm]              # every L_u^(k) any member of the sub-group uses
+    alpha: dict                         # term -> (n_g,) alpha_k per member; 0 where unused
+    lam: torch.Tensor                   # (n_g,) lambda per member
+
+
+def objectives(model: FusedNet, cfgs, device, dtype) -> list[HeadObjective]:
+    out = []
+    for s, head in zip(model.slices, model.head):
+        group = cfgs[s]
+        n_layers = len(head.blocks) if hasattr(head, "blocks") else 0
+        uses = [local_terms(n_layers, c.reg_pairs) if c.regularizer else [] for c in group]
+        terms = list(dict.fromkeys(t for u in uses for t in u))     # in order, once each
+        weights = {t: torch.tensor([alpha(t, c.alpha_first, c.alpha_second) if t in u else 0.0
+                                    for c, u in zip(group, uses)], dtype=dtype, device=device)
+                   for t in terms}
+        lam = torch.tensor([c.reg_lambda for c in group], dtype=dtype, device=device)
+        out.append(HeadObjective(s, terms, weights, lam))
+    return out
+
+
+def member_losses(model: FusedNet, heads: list[HeadObjective], x: torch.Tensor,
+                  y: torch.Tensor) -> torch.Tensor:
+    """Every member's training loss, (N,): cross-entropy plus its manifold terms."""
+    out = []
+    for (logits, feats), head, obj in zip(model(x), model.head, heads):
+        # logits (n_g, B, classes) -> cross-entropy per member and sample -> mean over B
+        ce = F.cross_entropy(logits.transpose(1, 2), y[obj.members], reduction="none").mean(1)
+        L_u = [obj.alpha[t] * local_loss(head.blocks, feats, t, obj.lam) for t in obj.terms]
+        out.append(ce + sum(L_u))                             # Eq. 1 + Eq. 3, (n_g,)
+    return torch.cat(out)
+
+
+class Group:
+    def __init__(self, members: list, nets: list, momenta: list[dict]):
+        cfg = members[0].cfg
+        self.members = members
+        self.n = len(members)
+        self.dtype = getattr(torch, cfg.dtype)
+        self.timeline = None                      # a MemoryTimeline while one records
+        device = next(nets[0].parameters()).device
+        self.model = FusedNet(nets, [m.generator for m in members]).to(device)
+        self.model.train()
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                   weight_decay=cfg.weight_decay)
+        self._set_momentum(momenta)
+        self.heads = objectives(self.model, [m.cfg for m in members], device, self.dtype)
+        self.losses = functools.partial(member_losses, self.model, self.heads)
+        if cfg.compile != "off":
+            self.losses = torch.compile(self.losses, mode=None if cfg.compile == "default"
+                                        else cfg.compile)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One SGD step of every member; returns their losses (N,), detached."""
+        losses = self.losses(x, y)
+        self.opt.zero_grad(set_to_none=True)
+        losses.sum().backward()         # members share no weights: each gets its own gradient
+        self.opt.step()
+        return losses.detach()
+
+    def member_state(self, i: int) -> tuple[dict, dict]:
+        """(Net state_dict, {parameter name: momentum buffer}) of member i: what its
+        checkpoint holds, the same whether it trained alone or fused."""
+        momentum = {}
+        for name, (p, where) in self.model.member_tensors(i).items():
+            buf = self.opt.state.get(p, {}).get("momentum_buffer")
+            if buf is not None:
+                momentum[name] = where.of(buf).detach().clone()
+        return self.model.member_state(i), momentum
+
+    def without(self, leaving: list[int]) -> "Group | None":
+        """The group of the other members (None if nobody is left), same states."""
+        if not leaving:
+            return self
+        stay = [i for i in range(self.n) if i not in set(leaving)]
+        if not stay:
+            return None
+        device = next(self.model.parameters()).device
+        nets, momenta = [], []
+        for i in stay:
+            state, momentum = self.member_state(i)
+            net = build_model(self.members[i].cfg)
+            net.load_state_dict(state)
+            nets.append(net.to(device))
+            momenta.append(momentum)
+        return Group([self.members[i] for i in stay], nets, momenta)
+
+    def _set_momentum(self, momenta: list[dict]) -> None:
+        """Stack the members' momentum buffers. A member without one (a new trial beside
+        resumed ones) gets zeros: SGD's first step (buf = grad) is then exactly the same."""
+        if not any(momenta) or self.members[0].cfg.momentum == 0:
+            return
+        for i, momentum in enumerate(momenta):
+            for name, (p, where) in self.model.member_tensors(i).items():
+                if not isinstance(p, torch.nn.Parameter):
+                    continue
+                state = self.opt.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p)
+                if name in momentum:
+                    where.of(state["momentum_buffer"]).copy_(momentum[name])
