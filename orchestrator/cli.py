@@ -122,11 +122,17 @@ def cmd_run(args) -> int:
 
 
 def build_tables_step(sweep: Sweep, uri: str) -> int:
-    """`run`'s final aggregation: the sweep's tables and report, exactly as `tables` writes."""
-    from .report import build_tables
+    """`run`'s final aggregation: the sweep's tables and report, exactly as `tables` writes,
+    and each figure attached to the runs it comes from."""
+    from .results import ResultsError
+    from .results.report import write_results
 
     out = Path("results") / sweep.name
-    paths = build_tables([str(sweep.path)], uri, out_dir=str(out))
+    try:
+        paths = write_results([str(sweep.path)], uri, out_dir=str(out), attach_figures=True)
+    except ResultsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(f"tables and report: {out}/ ({len(paths)} files)")
     return 0
 
@@ -176,12 +182,24 @@ def cmd_status(args) -> int:
 
 
 def cmd_tables(args) -> int:
-    from . import tracking
-    from .report import build_tables
+    """Read-only unless --attach-figures: set-up errors are one `error:` line, exit 2,
+    nothing written (and no MLflow store created)."""
+    import os
 
-    uri = tracking.resolve_tracking_uri(args.tracking_uri, None)
+    from . import tracking
+    from .results import ResultsError
+    from .results.report import sweep_tracking_uri, write_results
+
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
-    build_tables(args.sources, uri, formats=formats, out_dir=args.out)   # prints each file
+    try:
+        # As for run: --tracking-uri, $MLFLOW_TRACKING_URI, the sweep files', ./mlflow.db.
+        given = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        uri = tracking.resolve_tracking_uri(given, None if given else sweep_tracking_uri(args.sources))
+        write_results(args.sources, uri, formats=formats, out_dir=args.out,   # prints each file
+                      attach_figures=args.attach_figures)
+    except ResultsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -218,6 +236,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--tracking-uri", help="MLflow store (default as for run)")
     t.add_argument("--format", default="md,latex,csv", help="comma-separated: md, latex, csv")
     t.add_argument("--out", default="results", help="output folder (default: results/)")
+    t.add_argument("--attach-figures", action="store_true",
+                   help="also attach each figure to the MLflow runs it comes from (an MLflow "
+                        "write; `run` always does)")
     t.set_defaults(fn=cmd_tables)
     return p
 

@@ -4,6 +4,9 @@ import json
 import numpy as np
 import pytest
 
+from sklearn.manifold import TSNE
+
+from trainer import analysis
 from trainer.analysis import lda_accuracy, representation_analysis, tsne_2d
 
 
@@ -24,7 +27,7 @@ def test_separable_layer_scores_high_and_noise_near_chance():
     assert np.asarray(result["embeddings"]["FC2"]).shape == (40, 2)
     assert result["lda_accuracy"]["FC2"] == 100.0
     assert result["lda_accuracy"]["conv"] < 80.0
-    json.dumps(result)   # what the trainer writes to representation_analysis.json
+    assert json.loads(json.dumps(result)) == result   # as the trainer writes representation_analysis.json
 
 
 def test_deterministic_for_a_seed():
@@ -34,9 +37,23 @@ def test_deterministic_for_a_seed():
     assert a == b
 
 
-def test_perplexity_clipped_for_tiny_sets():
-    x, _ = two_classes(n_per_class=3)   # N = 6 < sklearn's default perplexity of 30
-    assert tsne_2d(x).shape == (6, 2)
+@pytest.mark.parametrize("n_per_class, perplexity", [
+    (2, 1.0),        # N = 4: (N - 1) / 3 = 1 (the floor)
+    (3, 5 / 3),      # N = 6 < sklearn's default of 30: (N - 1) / 3
+    (50, 30.0),      # N = 100: sklearn's default
+])
+def test_perplexity_clipped_for_tiny_sets(monkeypatch, n_per_class, perplexity):
+    used = []
+
+    def spy(**kwargs):
+        used.append(kwargs["perplexity"])
+        return TSNE(**kwargs)
+
+    monkeypatch.setattr(analysis, "TSNE", spy)
+    x, _ = two_classes(n_per_class=n_per_class)
+    embedding = tsne_2d(x)
+    assert used == [pytest.approx(perplexity)]
+    assert embedding.shape == (2 * n_per_class, 2) and np.isfinite(embedding).all()
 
 
 def test_lda_accuracy_is_cross_validated():

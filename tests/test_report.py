@@ -1,179 +1,22 @@
-"""Claim checks flip with the numbers; a real MLflow SQLite store renders every table and figure."""
-import json
-import pathlib
+"""write_results on a real MLflow SQLite store renders every table, figure and report.md; the
+`tables` command's set-up errors are one `error:` line, exit code 2, and nothing written."""
+import re
 
-import numpy as np
-import pandas as pd
 import pytest
 import yaml
 
-from orchestrator import report, tables
-from orchestrator.sweep import SweepError
-from trainer.config import Config
-
-PAPER = tables.load_paper()
+from orchestrator import cli, tracking
+from orchestrator.results import ResultsError, report
+from orchestrator.sweep import ARTEFACTS, SweepError
 
 
-def fake_run(i, status="FINISHED", metrics=None, **params):
-    p = dict(dataset="cifar10", arch="bottleneck", width=32, batch_size=9, regularizer=False, seed=0)
-    p.update(params)
-    row = {"run_id": f"run{i}", "status": status, "tags.trial_key": f"key{i}"}
-    row.update({f"params.{k}": str(v) for k, v in p.items()})
-    row.update({f"metrics.{k}": float(v) for k, v in (metrics or {}).items()})
-    return row
-
-
-def cifar10_grid(acc_with=80.0, acc_without=60.0, overrides=None):
-    """All 18 Table-1 cells; `overrides` maps (batch, reg, W) -> accuracy, or None to drop the cell."""
-    overrides = overrides or {}
-    rows = []
-    for b in (9, 7, 5):
-        for w in (32, 16, 8):
-            for reg in (False, True):
-                a = overrides.get((b, reg, w), acc_with if reg else acc_without)
-                if a is not None:
-                    rows.append(fake_run(len(rows), batch_size=b, width=w, regularizer=reg,
-                                         metrics={"test_accuracy": a, "generalization_gap": 100 - a - 15}))
-    return tables.prepare(pd.DataFrame(rows))
-
-
-def claim(claims, start):
-    return next(c for c in claims if c.text.startswith(start))
-
-
-@pytest.mark.parametrize("name, overrides, holds, ours", [
-    ("all cells agree", {}, True, "9 of 9"),
-    ("one cell flips", {(7, True, 16): 50.0}, False, "8 of 9"),
-    ("one cell missing", {(5, False, 8): None}, None, "8 of 8 (1 missing)"),
-])
-def test_regularizer_accuracy_claim_flips(name, overrides, holds, ours):
-    runs = cifar10_grid(overrides=overrides)
-    built = {k: tables.TABLES[k](runs, PAPER) for k in ("table1", "table2")}
-    c = claim(report.check_claims(built, {}), "With the regularizer, test accuracy")
-    assert (c.holds, c.ours, c.paper) == (holds, ours, "9 of 9"), name
-
-
-def test_gap_under_ten_percent_claim_flips():
-    runs = cifar10_grid(acc_with=80.0)             # gap with = 5 %
-    built = {"table2": tables.TABLES["table2"](runs, PAPER)}
-    assert claim(report.check_claims(built, {}), "With the regularizer the gap").holds is True
-    runs = cifar10_grid(acc_with=80.0, overrides={(9, True, 8): 70.0})   # gap 15 % in one cell
-    built = {"table2": tables.TABLES["table2"](runs, PAPER)}
-    c = claim(report.check_claims(built, {}), "With the regularizer the gap")
-    assert (c.holds, c.ours, c.paper) == (False, "8 of 9", "9 of 9")
-
-
-@pytest.mark.parametrize("bottleneck_bytes, holds", [(62_059_304, True), (70_000_000, False)])
-def test_model_memory_claim_flips(bottleneck_bytes, holds):
-    runs = tables.prepare(pd.DataFrame(
-        [fake_run(0, arch="vgg16", metrics={"model_param_bytes": 134_586_664, "model_buffer_bytes": 33_896})]
-        + [fake_run(i, width=w, metrics={"model_param_bytes": bottleneck_bytes, "model_buffer_bytes": 49_848})
-           for i, w in ((1, 32), (2, 16), (3, 8))]))
-    c = claim(report.check_claims({"table5": tables.table5(runs, PAPER)}, {}), "Bottleneck model memory")
-    assert (c.holds, c.paper) == (holds, "3 of 3")
-
-
-def analysis(acc):
-    return {"test": {"layers": list(acc), "labels": [3, 5], "embeddings": {}, "lda_accuracy": acc}}
-
-
-def test_lda_claims_flip():
-    without = analysis({"conv": 52.0, "FC2": 70.0, "FC4": 72.0})
-    better = analysis({"conv": 51.0, "FC2": 80.0, "FC4": 85.0})
-    worse = analysis({"conv": 65.0, "FC2": 80.0, "FC4": 60.0})
-    ok = report.claims_representation({"run": {"without": without, "with": better}})
-    assert [(c.holds, c.ours) for c in ok] == [(True, "2 of 2"), (True, "2 of 2")]
-    bad = report.claims_representation({"run": {"without": without, "with": worse}})
-    assert [(c.holds, c.ours) for c in bad] == [(False, "1 of 2"), (False, "1 of 2")]
-
-
-# ----------------------------------------------------------------------------- real MLflow store
-def _timeline():
-    phases = ["fwd1"] * 3 + ["fwd2"] * 2 + ["bwd2"] * 2 + ["bwd1"] * 3
-    phases = (phases + ["step_end"]) * 2   # two steps, as trainer/memory.py MemoryTimeline records them
-    return {"phases": ["fwd1", "fwd2", "bwd2", "bwd1"], "batch_size": 16, "arch": "bottleneck", "width": 16,
-            "records": [{"step": e // 11, "event": e, "allocated_mb": 100.0 + 10 * (e % 11), "phase": p}
-                        for e, p in enumerate(phases)]}
-
-
-def _analysis(separation, rng):
-    labels = [3] * 10 + [5] * 10
-    out = {}
-    for split in ("train", "test"):
-        emb = {l: (rng.normal(size=(20, 2)) + separation * (np.array(labels)[:, None] == 5)).tolist()
-               for l in ("conv", "FC1", "FC2")}
-        out[split] = {"layers": ["conv", "FC1", "FC2"], "labels": labels, "embeddings": emb,
-                      "lda_accuracy": {"conv": 50.0, "FC1": 60.0 + separation, "FC2": 65.0 + separation}}
-    return out
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """A SQLite MLflow store with one fake sweep `fake-smoke`, logged through mlflow's client."""
-    import mlflow
-    root = tmp_path_factory.mktemp("mlflow")
-    uri = f"sqlite:///{root}/mlflow.db"
-    client = mlflow.MlflowClient(tracking_uri=uri)
-    exp = client.create_experiment("fake-smoke", artifact_location=(root / "artifacts").as_uri())
-    rng = np.random.default_rng(0)
-    specs = [  # (params, final metrics, status, artifacts)
-        (dict(width=16, regularizer=False), dict(test_accuracy=40.0, generalization_gap=20.0), "FINISHED"),
-        (dict(width=16, regularizer=True), dict(test_accuracy=45.0, generalization_gap=8.0), "FINISHED"),
-        (dict(width=8, regularizer=False), dict(test_accuracy=30.0), "FAILED"),
-        (dict(width=8, regularizer=True), dict(test_accuracy=33.0), "RUNNING"),
-        (dict(arch="vgg16", width=32, regularizer=False), dict(test_accuracy=35.0, generalization_gap=9.0), "FINISHED"),
-    ]
-    ids = []
-    for i, (params, final, status) in enumerate(specs):
-        p = Config().to_dict()   # every Config key is a param, as the tracking module logs them
-        p.update(dataset="synthetic", arch="bottleneck", batch_size=16, seed=0, epochs=2, vgg_width_divisor=16,
-                 memory_timeline=(i == 1), representation_analysis=(i < 2))
-        p.update(params)
-        name = f"{p['arch']}-w{p['width']}-b16-{'reg' if p['regularizer'] else 'noreg'}"
-        run = client.create_run(exp, run_name=name, tags={"trial_key": f"k{i}", "sweep": "fake-smoke",
-                                                           "git_commit": "abc1234def"})
-        rid = run.info.run_id
-        for k, v in p.items():
-            client.log_param(rid, k, v)
-        for k, v in final.items():   # epoch 0 then the final epoch: the table must use the last
-            client.log_metric(rid, k, v - 5.0, step=0)
-            client.log_metric(rid, k, v, step=1)
-        bytes_ = (134_586_664, 33_896) if p["arch"] == "vgg16" else (62_059_304, 49_848)
-        client.log_metric(rid, "model_param_bytes", bytes_[0])
-        client.log_metric(rid, "model_buffer_bytes", bytes_[1])
-        if p["memory_timeline"]:
-            client.log_dict(rid, _timeline(), "memory_timeline.json")
-        if p["representation_analysis"]:
-            client.log_dict(rid, _analysis(6.0 * p["regularizer"], rng), "representation_analysis.json")
-        if status != "RUNNING":
-            client.set_terminated(rid, status=status)
-        ids.append(rid)
-    return uri, ids
-
-
-def test_load_runs_reads_final_metrics_and_typed_params(store):
-    uri, ids = store
-    runs = tables.load_runs(["fake-smoke"], uri)
-    assert len(runs) == 5 and set(runs["experiment"]) == {"fake-smoke"}
-    reg16 = runs[runs["run_id"] == ids[1]].iloc[0]
-    assert reg16["metrics.test_accuracy"] == 45.0          # the final epoch's value
-    assert (reg16["params.width"], bool(reg16["params.regularizer"]), reg16["classes"]) == (16, True, 10)
-    assert (runs["params.width"].dtype, runs["params.regularizer"].dtype) == ("Int64", "boolean")
-
-
-def test_unknown_experiment_names_the_known_ones(store):
-    uri, _ = store
-    with pytest.raises(ValueError, match=r"no MLflow experiment named \['nope'\].*fake-smoke.*--tracking-uri"):
-        tables.load_runs(["nope"], uri)
-
-
-def test_build_tables_renders_everything_and_logs_figures(store, tmp_path):
+def test_write_results_renders_everything_and_attaches_figures(store, tmp_path):
     import mlflow
     uri, ids = store
     sweep = tmp_path / "fake.yaml"
-    sweep.write_text(yaml.safe_dump({"name": "fake-smoke", "reproduces": report.ARTEFACTS}))
+    sweep.write_text(yaml.safe_dump({"name": "fake-smoke", "reproduces": list(ARTEFACTS)}))
     out = tmp_path / "out"
-    written = report.build_tables([str(sweep)], uri, out_dir=str(out))
+    written = report.write_results([str(sweep)], uri, out_dir=str(out), attach_figures=True)
     names = sorted(p.name for p in written)
     for key in ("table1", "table2", "table3", "table4", "table5", "memory_peaks"):
         assert {f"{key}.md", f"{key}.tex", f"{key}.csv"} <= set(names)
@@ -187,6 +30,8 @@ def test_build_tables_renders_everything_and_logs_figures(store, tmp_path):
     assert "| With regularizer | — (not run) | — | **45.00** (n=1) | — | — (running) | — |" in table1
     text = (out / "report.md").read_text()
     assert "git commits abc1234def" in text and "![figure4_synthetic-w16-b16-s0](figure4_synthetic-w16-b16-s0.png)" in text
+    assert f"from MLflow ({uri}), experiments ['fake-smoke']: 5 runs (1 FAILED, 3 FINISHED, 1 RUNNING)" in text
+    assert "Paper values: orchestrator/results/paper.yaml." in text
     assert "| LDA on test t-SNE is more accurate with the regularizer" in text
     # The smoke-like batch-16 rows count too: W=16 measured (45 > 40), the rest failed/running/not run.
     assert ("in every CIFAR-10 cell (Table 1) | 9 of 9 | 1 of 1 (11 missing) | **open (cells missing)** |"
@@ -200,13 +45,87 @@ def test_build_tables_renders_everything_and_logs_figures(store, tmp_path):
         "figures/figure4_synthetic-w16-b16-s0.png", "figures/figure5_synthetic-w16-b16-s0.png"}
 
 
-def test_build_tables_by_experiment_name_renders_what_runs_support(store, tmp_path):
+def test_write_results_by_experiment_name_renders_what_runs_support(store, tmp_path):
     uri, _ = store
-    written = report.build_tables(["fake-smoke"], uri, formats=("csv",), out_dir=tmp_path, log_figures=False)
+    written = report.write_results(["fake-smoke"], uri, formats=("csv",), out_dir=tmp_path)
     names = {p.name for p in written}
     assert {"table1.csv", "table3.csv", "table5.csv", "report.md"} <= names
     assert "table4.csv" not in names          # no 100-class run
     assert "memory_peaks.csv" in names        # batch-16 runs exist; cells say why memory is missing
+
+
+@pytest.fixture
+def attached(monkeypatch):
+    """The (run id, png) pairs each tracking.log_figures call got (nothing is written)."""
+    calls = []
+    monkeypatch.setattr(tracking, "log_figures", lambda uri, pairs: calls.append(pairs))
+    return calls
+
+
+@pytest.mark.parametrize("flags, attaches", [([], 0), (["--attach-figures"], 1)])
+def test_tables_attaches_figures_to_runs_only_when_asked(store, tmp_path, attached, flags, attaches):
+    uri, ids = store
+    rc = cli.main(["tables", "fake-smoke", "--tracking-uri", uri, "--out", str(tmp_path), *flags])
+    assert rc == 0 and (tmp_path / "figure4_synthetic-w16-b16-s0.png").is_file()
+    assert len(attached) == attaches
+    assert {run_id for pairs in attached for run_id, _ in pairs} == set(ids[:2] if attaches else [])
+
+
+def test_tables_reads_the_sweep_files_tracking_uri(store, tmp_path, monkeypatch, attached):
+    """As `run` does: with no --tracking-uri and no $MLFLOW_TRACKING_URI, the sweep's store."""
+    uri, _ = store
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump({"name": "fake-smoke", "reproduces": ["table3"],
+                                                     "tracking_uri": uri}))
+    assert cli.main(["tables", "s.yaml", "--format", "csv"]) == 0
+    assert "VGG16,batch 16,35,,1,ok,75.84" in (tmp_path / "results" / "table3.csv").read_text()
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def _two_sweeps(tmp_path):
+    for name, db in (("a", "one.db"), ("b", "two.db")):
+        (tmp_path / f"{name}.yaml").write_text(f"name: {name}\ntracking_uri: sqlite:///{tmp_path / db}\n")
+    return ["a.yaml", "b.yaml"]
+
+
+@pytest.mark.parametrize("name, args, message", [
+    ("no such experiment", lambda uri, tmp: ["nope", "--tracking-uri", uri],
+     r"error: no MLflow experiment named \['nope'\] at tracking URI 'sqlite:///.*'; it holds "
+     r"\['Default', 'fake-smoke'\]\. Pass --tracking-uri"),
+    ("unknown format", lambda uri, tmp: ["fake-smoke", "--tracking-uri", uri, "--format", "md,bogus"],
+     r"error: unknown table format\(s\) \['bogus'\]; choose from \['csv', 'latex', 'md'\], "
+     r"e\.g\. --format md,latex,csv"),
+    ("empty format", lambda uri, tmp: ["fake-smoke", "--tracking-uri", uri, "--format", ""],
+     r"error: no table format given; pass --format with one or more of \['csv', 'latex', 'md'\]"),
+    ("--out is a file", lambda uri, tmp: ["fake-smoke", "--tracking-uri", uri, "--out", "taken.txt"],
+     r"error: output folder taken\.txt: taken\.txt is a file, not a folder; pass --out a folder"),
+    ("--out under a file", lambda uri, tmp: ["fake-smoke", "--tracking-uri", uri, "--out", "taken.txt/x"],
+     r"error: output folder taken\.txt/x: taken\.txt is a file, not a folder"),
+    ("no store at the default ./mlflow.db", lambda uri, tmp: ["fake-smoke"],
+     r"error: no MLflow store at /.*/mlflow\.db \(tracking URI 'sqlite:///.*/mlflow\.db'\); "
+     r"pass --tracking-uri \(or set MLFLOW_TRACKING_URI\) to the store the sweep logged to"),
+    ("no store at the given URI", lambda uri, tmp: ["fake-smoke", "--tracking-uri", "sqlite:///gone.db"],
+     r"error: no MLflow store at /.*/gone\.db "),
+    ("sweeps naming two stores", lambda uri, tmp: _two_sweeps(tmp),
+     r"error: the sweep files name different tracking URIs \['sqlite:///.*one\.db', 'sqlite:///.*two\.db'\]; "
+     r"pass --tracking-uri to choose one"),
+])
+def test_tables_setup_errors_are_one_line_exit_2_nothing_written(store, tmp_path, monkeypatch, capsys,
+                                                                  name, args, message):
+    uri, _ = store
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "taken.txt").write_text("not a folder")
+    argv = ["tables", *args(uri, tmp_path)]
+    before = sorted(tmp_path.rglob("*"))
+    rc = cli.main(argv)
+    out, err = capsys.readouterr()
+    assert rc == 2, name
+    assert len(err.splitlines()) == 1 and out == "", (name, err)
+    assert re.match(message, err), (name, err)
+    assert sorted(tmp_path.rglob("*")) == before, name          # no results/, no mlflow.db
+    assert (tmp_path / "taken.txt").read_text() == "not a folder"
 
 
 def test_bad_sources_and_formats_fail_loudly(tmp_path):
@@ -216,5 +135,6 @@ def test_bad_sources_and_formats_fail_loudly(tmp_path):
         report.resolve_sources([str(bad)])
     with pytest.raises(SweepError, match="missing.yaml: no such sweep file"):
         report.resolve_sources([str(tmp_path / "missing.yaml")])
-    with pytest.raises(ValueError, match=r"unknown table format\(s\) \['html'\]"):
-        report.build_tables(["x"], None, formats=("html",), out_dir=tmp_path)
+    with pytest.raises(ResultsError, match=r"unknown table format\(s\) \['html'\]"):
+        report.write_results(["x"], "sqlite:///unused.db", formats=("html",), out_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == [bad]

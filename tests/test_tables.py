@@ -1,26 +1,10 @@
 """Tables from hand-built `mlflow.search_runs`-shaped DataFrames: cells, bold, reasons, exact text."""
-import pandas as pd
 import pytest
 
-from orchestrator import render, tables
+from fake_runs import fake_run, frame
+from orchestrator.results import ResultsError, cells, render, tables
 
 PAPER = tables.load_paper()
-
-
-def fake_run(i, status="FINISHED", metrics=None, start=None, **params):
-    """One row as mlflow.search_runs returns it: params as strings, final metrics as floats."""
-    p = dict(dataset="cifar10", arch="bottleneck", width=32, batch_size=9, regularizer=False,
-             seed=0, epochs=200, lr=0.01, vgg_width_divisor=1, synthetic_classes=10)
-    p.update(params)
-    row = {"run_id": f"run{i}", "status": status, "tags.trial_key": f"key{i}",
-           "start_time": pd.Timestamp("2025-01-01") + pd.Timedelta(minutes=start if start is not None else i)}
-    row.update({f"params.{k}": str(v) for k, v in p.items()})
-    row.update({f"metrics.{k}": float(v) for k, v in (metrics or {}).items()})
-    return row
-
-
-def frame(*rows):
-    return tables.prepare(pd.DataFrame(list(rows)))
 
 
 def acc(v):
@@ -58,13 +42,13 @@ def test_prepare_keeps_latest_run_of_a_trial_key():
      (None, None, 0, "not measured: CUDA only, CPU run")),
 ])
 def test_summarize(name, rows, metric, expected):
-    cell = tables.summarize(frame(*rows), metric, arch="bottleneck", width=32, batch_size=9)
+    cell = cells.summarize(frame(*rows), metric, arch="bottleneck", width=32, batch_size=9)
     std = None if cell.std is None else round(cell.std, 4)
     assert (cell.mean, std, cell.n, cell.reason) == expected, name
 
 
 def test_summarize_flags_pooled_runs_that_differ():
-    cell = tables.summarize(frame(fake_run(1, metrics=acc(80)), fake_run(2, seed=1, lr=0.1, metrics=acc(82))),
+    cell = cells.summarize(frame(fake_run(1, metrics=acc(80)), fake_run(2, seed=1, lr=0.1, metrics=acc(82))),
                             "test_accuracy", width=32)
     assert cell.mixed == ("lr",)
 
@@ -180,3 +164,29 @@ def test_smoke_runs_add_rows_and_notes():
     assert table.get((16, False), 16)[1] is None
     assert table.notes == ["ours use epochs=2 (paper: 200)", "ours use dataset=synthetic (paper: cifar10)"]
     assert tables.supported(table) and not tables.supported(tables.table3(runs, PAPER))
+
+
+def test_paper_training_setup_is_read_from_paper_yaml():
+    assert tables.paper_setup(PAPER) == {"epochs": 200, "lr": 0.01, "vgg_width_divisor": 1,
+                                         "train_samples": 0, "test_samples": 0}
+
+
+TRAINING = PAPER["training"]
+
+
+@pytest.mark.parametrize("name, training, params, notes", [
+    ("paper's setup", TRAINING, dict(lr=0.1, train_samples=5000),
+     ["ours use lr=0.1 (paper: 0.01)", "ours use train_samples=5000 (paper: the whole set)"]),
+    ("paper.yaml edited to our lr", dict(TRAINING, lr=0.1), dict(lr=0.1), []),
+    ("a field the entry leaves out is not compared",
+     {k: v for k, v in TRAINING.items() if k != "epochs"}, dict(epochs=2), []),
+])
+def test_notes_compare_runs_with_the_training_entry(name, training, params, notes):
+    runs = frame(fake_run(1, arch="vgg16", batch_size=5, metrics=acc(30), **params))
+    assert tables.table3(runs, dict(PAPER, training=training)).notes == notes, name
+
+
+def test_training_entry_with_a_non_config_key_is_an_error():
+    paper = dict(PAPER, training=dict(PAPER["training"], learning_rate=0.01))
+    with pytest.raises(ResultsError, match=r"paper.yaml training: \['learning_rate'\] are not trainer Config"):
+        tables.table3(frame(fake_run(1, arch="vgg16", batch_size=5)), paper)

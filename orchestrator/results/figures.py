@@ -19,8 +19,9 @@ written by trainer/memory.py MemoryTimeline):
      "lda_accuracy": {layer: float}}             # %, cross-validated LDA on the 2-D points
 
 Drawing is pure (dict -> PNG). `make_figures` picks the runs and reads their artifacts
-through orchestrator.tables (the one MLflow reader); orchestrator.tracking.log_figures
-writes them back to MLflow, as artifacts of the runs they come from.
+through orchestrator/results/reader.py (the one MLflow reader);
+orchestrator.tracking.log_figures writes them back to MLflow, as artifacts of the runs
+they come from (report.write_results with attach_figures=True).
 """
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
 import pandas as pd  # noqa: E402
 
-from orchestrator import tables  # noqa: E402
+from orchestrator.results import reader  # noqa: E402
+from trainer.config import NOT_EXPERIMENT, TYPES as CONFIG_TYPES  # noqa: E402
 
 PHASE_COLORS = {"fwd1": "tab:red", "fwd2": "tab:green", "bwd2": "gold", "bwd1": "tab:purple",
                 "step_end": "gray"}   # the paper's colours: red/green forward, yellow/purple backward
@@ -137,7 +139,7 @@ def _run_name(run: pd.Series) -> str:
     return str(run.get("tags.mlflow.runName") or run["run_id"][:8])
 
 
-def make_figures(runs: pd.DataFrame, out_dir: pathlib.Path, tracking_uri: str | None,
+def make_figures(runs: pd.DataFrame, out_dir: pathlib.Path, tracking_uri: str,
                  artefacts: set[str]) -> tuple[list[tuple[str, pathlib.Path]], dict[str, list[str]], dict]:
     """Draw the requested figures from the runs' artifacts.
 
@@ -149,7 +151,7 @@ def make_figures(runs: pd.DataFrame, out_dir: pathlib.Path, tracking_uri: str | 
     pairs, notes, analyses = [], {}, {}
     if "figure3" in artefacts:
         for _, run in _finished_with(runs, "memory_timeline").iterrows():
-            timeline = tables.load_artifact_json(run["run_id"], "memory_timeline.json", tracking_uri)
+            timeline = reader.load_artifact_json(run["run_id"], "memory_timeline.json", tracking_uri)
             if timeline is None:
                 continue
             name = _run_name(run)
@@ -162,13 +164,13 @@ def make_figures(runs: pd.DataFrame, out_dir: pathlib.Path, tracking_uri: str | 
     if artefacts & {"figure4", "figure5"}:
         chosen = _finished_with(runs, "representation_analysis")
         # Pair "without" and "with" runs that agree on every other experiment field and the seed.
-        keys = [f"params.{n}" for n in tables.CONFIG_TYPES
-                if n != "regularizer" and (n == "seed" or n not in tables.NOT_EXPERIMENT)
+        keys = [f"params.{n}" for n in CONFIG_TYPES
+                if n != "regularizer" and (n == "seed" or n not in NOT_EXPERIMENT)
                 and f"params.{n}" in chosen]
         for _, group in chosen.groupby(keys, dropna=False, sort=True) if len(chosen) else []:
             found = {}
             for _, run in group.sort_values("params.regularizer").iterrows():
-                data = tables.load_artifact_json(run["run_id"], "representation_analysis.json", tracking_uri)
+                data = reader.load_artifact_json(run["run_id"], "representation_analysis.json", tracking_uri)
                 if data is not None:
                     found[bool(run["params.regularizer"])] = (run, data)
             if not found:

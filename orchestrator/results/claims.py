@@ -1,23 +1,15 @@
-"""`report.md`: every artefact of the given sweeps, and the paper's claims checked on our numbers.
+"""The paper's claims, checked on our numbers: each claim is a set of cell comparisons.
 
-Entry point for `python -m orchestrator tables SWEEP...` and the end of `run`:
-
-    build_tables(["sweeps/table1.yaml"], tracking_uri=None, out_dir="results/table1")
-
-Claims are pure functions of `tables.Table`s (and of the Figure 4-5 analyses), so tests can
+Claims are pure functions of cells.Tables (and of the Figure 4-5 analyses), so tests can
 flip them by changing a number. A claim holds when every cell it rests on agrees, does not
-hold when any measured cell disagrees, and is open while cells are missing.
+hold when any measured cell disagrees, and is open while cells are missing. The same
+comparison is applied to the paper's published values, to show what the paper claims.
 """
 from __future__ import annotations
 
-import datetime
-import pathlib
 from dataclasses import dataclass
 
-import pandas as pd
-
-from orchestrator import figures, render, tables, tracking
-from orchestrator.sweep import ARTEFACTS, load_sweep
+from orchestrator.results.cells import Cell, Table
 
 
 @dataclass(frozen=True)
@@ -60,7 +52,7 @@ class Claim:
         return self.paper_says or f"{sum(stated)} of {len(stated)}"
 
 
-def _mean(cell: tables.Cell | None) -> float | None:
+def _mean(cell: Cell | None) -> float | None:
     return cell.mean if cell is not None and cell.n > 0 else None
 
 
@@ -76,7 +68,7 @@ def check(label: str, ours: tuple, paper: tuple | bool, pred) -> Check:
     return Check(label, o, p, ours, paper)
 
 
-def _with_vs_without(t: tables.Table, row_key, pred) -> list[Check]:
+def _with_vs_without(t: Table, row_key, pred) -> list[Check]:
     """One check per (batch or metric block, W): regularized row vs unregularized row."""
     out = []
     for key in row_key:
@@ -87,7 +79,7 @@ def _with_vs_without(t: tables.Table, row_key, pred) -> list[Check]:
     return out
 
 
-def claims_cifar10(t1: tables.Table | None, t2: tables.Table | None, t3: tables.Table | None) -> list[Claim]:
+def claims_cifar10(t1: Table | None, t2: Table | None, t3: Table | None) -> list[Claim]:
     out = []
     paper_blocks = [(9,), (7,), (5,)]
     # Checks run over every batch block, also those only we ran (e.g. the smoke sweep's 16).
@@ -126,7 +118,7 @@ def claims_cifar10(t1: tables.Table | None, t2: tables.Table | None, t3: tables.
     return out
 
 
-def claims_cifar100(t4: tables.Table) -> list[Claim]:
+def claims_cifar100(t4: Table) -> list[Claim]:
     base_o, base_p = t4.get(("test_accuracy", "vgg16"), 32)
     return [
         Claim("On CIFAR-100 (batch 5) the regularizer gives higher accuracy for every W (Table 4)",
@@ -139,7 +131,7 @@ def claims_cifar100(t4: tables.Table) -> list[Claim]:
     ]
 
 
-def claims_memory(t5: tables.Table | None, peaks: tables.Table | None) -> list[Claim]:
+def claims_memory(t5: Table | None, peaks: Table | None) -> list[Claim]:
     out = []
     if t5:
         vo, vp = t5.get(("total",), "vgg16")
@@ -184,7 +176,7 @@ def claims_representation(analyses: dict[str, dict]) -> list[Claim]:
                   tuple(chance), paper_says="yes (read off the figure)")]
 
 
-def check_claims(built: dict[str, tables.Table], analyses: dict[str, dict]) -> list[Claim]:
+def check_claims(built: dict[str, Table], analyses: dict[str, dict]) -> list[Claim]:
     """Every claim whose tables (or figures) were built."""
     out = claims_cifar10(built.get("table1"), built.get("table2"), built.get("table3"))
     if "table4" in built:
@@ -210,91 +202,3 @@ def claims_markdown(claims: list[Claim]) -> str:
                   for k in c.checks]
     return "\n".join(lines) + "\n"
 
-
-def report_markdown(names: list[str], runs: pd.DataFrame, built: dict[str, tables.Table],
-                    claims: list[Claim], figure_files: list[pathlib.Path], notes: dict[str, list[str]],
-                    tracking_uri: str | None) -> str:
-    """The whole report: provenance, claims, tables, figures (paths relative to the report)."""
-    status = runs["status"].value_counts().to_dict() if len(runs) else {}
-    commits = sorted(set(runs["tags.git_commit"].dropna())) if "tags.git_commit" in runs else []
-    lines = [f"# Reproduction report: {', '.join(names)}", "",
-             f"Built {datetime.datetime.now().isoformat(timespec='seconds')} from MLflow "
-             f"({tracking_uri or 'default tracking URI'}), experiments {names}: {len(runs)} runs "
-             f"({', '.join(f'{n} {s}' for s, n in sorted(status.items())) or 'none'}); "
-             f"git commits {', '.join(c[:10] for c in commits) or 'not tagged'}.",
-             "Paper values: orchestrator/paper.yaml. Ours: final-epoch metrics of FINISHED runs.", "",
-             "## Claims", "", claims_markdown(claims) if claims else "No claim rests on the built tables.", "",
-             "## Tables", ""]
-    lines += [render.to_markdown(t) for t in built.values()]
-    lines += ["## Figures", ""]
-    lines += [f"![{p.stem}]({p.name})\n" for p in sorted(set(figure_files))]
-    lines += [f"- {k}: {n}" for k, ns in sorted(notes.items()) for n in ns]
-    return "\n".join(lines) + "\n"
-
-
-def resolve_sources(sources: list[str]) -> tuple[list[str], set[str], bool, set[str]]:
-    """Sweep files or experiment names -> (experiment names, artefacts asked for, auto, URIs).
-
-    auto: some source (an experiment name, or a sweep without `reproduces:`) leaves it to
-    the runs: build every table that has runs and every figure that has artifacts.
-    URIs: the sweep files' own `tracking_uri:` values (used when no URI is given).
-    """
-    names, wanted, auto, uris = [], set(), False, set()
-    for source in sources:
-        path = pathlib.Path(source)
-        if path.suffix in (".yaml", ".yml") or path.is_file():
-            sweep = load_sweep(path)          # the same parsing and checks as `run`
-            names.append(sweep.name)
-            wanted |= set(sweep.reproduces)
-            auto |= not sweep.reproduces
-            uris |= {sweep.tracking_uri} if sweep.tracking_uri else set()
-        else:
-            names.append(source)
-            auto = True
-    return names, wanted, auto, uris
-
-
-def build_tables(sources: list[str], tracking_uri: str | None = None,
-                 formats=("md", "latex", "csv"), out_dir: str | pathlib.Path | None = None,
-                 log_figures: bool = True) -> list[pathlib.Path]:
-    """Render the sweeps' tables, figures and report.md from MLflow; return the files written.
-
-    sources: sweep YAML paths (experiment = its `name:`, artefacts = its `reproduces:`) or
-        MLflow experiment names (artefacts = whatever the runs support).
-    tracking_uri: None = the sweep file's `tracking_uri:`, else MLflow's default.
-    out_dir: default results/<experiment>[+<experiment>...].
-    log_figures: also attach each figure to the runs it comes from (MLflow write).
-    """
-    bad = sorted(set(formats) - set(render.RENDERERS))
-    if bad:
-        raise ValueError(f"unknown table format(s) {bad}; choose from {sorted(render.RENDERERS)}")
-    names, wanted, auto, uris = resolve_sources(sources)
-    if tracking_uri is None and len(uris) > 1:
-        raise ValueError(f"the sweep files name different tracking URIs {sorted(uris)}; "
-                         f"pass --tracking-uri to choose one")
-    tracking_uri = tracking_uri or next(iter(uris), None)
-    runs = tables.load_runs(names, tracking_uri)
-    paper = tables.load_paper()
-    out = pathlib.Path(out_dir or pathlib.Path("results") / "+".join(names))
-    out.mkdir(parents=True, exist_ok=True)
-    built = {key: make(runs, paper) for key, make in tables.TABLES.items()}
-    built = {k: t for k, t in built.items() if k in wanted or (auto and tables.supported(t))}
-    written = []
-    for key, table in built.items():
-        for fmt in formats:
-            path = out / f"{key}{render.SUFFIX[fmt]}"
-            path.write_text(render.RENDERERS[fmt](table))
-            written.append(path)
-    fig_wanted = {a for a in ARTEFACTS if a.startswith("figure") and (auto or a in wanted)}
-    pairs, notes, analyses = figures.make_figures(runs, out, tracking_uri, fig_wanted)
-    notes = {k: v for k, v in notes.items() if k in wanted}   # silent about figures nobody asked for
-    if log_figures and pairs:
-        tracking.log_figures(tracking_uri, pairs)
-    pngs = sorted({p for _, p in pairs})
-    report = out / "report.md"
-    report.write_text(report_markdown(names, runs, built, check_claims(built, analyses), pngs, notes,
-                                      tracking_uri))
-    written += pngs + [report]
-    for path in written:
-        print(path)
-    return written

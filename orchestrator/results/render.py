@@ -1,4 +1,4 @@
-"""Render a `tables.Table` as Markdown, LaTeX (booktabs) or CSV, ours beside the paper's.
+"""Render a `cells.Table` as Markdown, LaTeX (booktabs) or CSV, ours beside the paper's.
 
 Pure string functions. In every format a cell of ours reads `mean ± std (n=N)` (± only
 for n >= 2 and tables that show spread), `— (reason)` when nothing finished, and `n/a`
@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import io
 
-from orchestrator.tables import Cell, Table
+from orchestrator.results.cells import Cell, Table
 
 LEGEND = ("ours: mean ± std over seeds (n = finished runs); a missing value says why. "
           "Bold: the better method per column, as in the paper.")

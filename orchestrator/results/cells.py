@@ -1,0 +1,163 @@
+"""Table cells from runs: the DataFrame `reader.load_runs` returns, pooled into Cells.
+
+Pure functions of the runs DataFrame (columns `run_id`, `status`, `start_time`,
+`params.*` (cast by `prepare`), `metrics.*` (last logged value = final epoch), `tags.*`),
+so tests build it by hand. The paper's tables (tables.py) are made of these:
+
+    runs = reader.load_runs(["table1"], tracking_uri)      # prepared DataFrame
+    cell = summarize(runs, "test_accuracy", arch="bottleneck", batch_size=9, width=32)
+
+A cell pools the FINISHED runs of one configuration (usually the seeds): mean ± sample
+std (ddof=1) and n. A cell without a value says why: not run, running, failed, killed,
+or which metric the finished runs lack.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from trainer.config import DATASET_CLASSES, NOT_EXPERIMENT, TYPES as CONFIG_TYPES, Config
+
+# Why a FINISHED run has no value for a metric.
+MISSING_METRIC = {
+    "peak_memory_mb": "not measured: CUDA only, CPU run",
+    "dynamic_peak_memory_mb": "not measured: CUDA only, CPU run",
+    "forward_peak_memory_mb": "not logged by the trainer",
+}
+STATUS_REASON = {"RUNNING": "running", "SCHEDULED": "running", "FAILED": "failed", "KILLED": "killed"}
+REASON_ORDER = ["running", "failed", "killed"]   # then missing-metric reasons
+
+
+def prepare(runs: pd.DataFrame) -> pd.DataFrame:
+    """Cast `params.*` (MLflow strings) to the Config field types; add derived columns.
+
+    Adds `classes` (10/100, whatever the dataset is called) and
+    `metrics.model_total_bytes` (= parameter + buffer bytes, Table 5). Keeps only the
+    latest run of each `tags.trial_key` (by start_time), so a retried trial counts once.
+    """
+    runs = runs.copy()
+    for name, kind in CONFIG_TYPES.items():
+        col = f"params.{name}"
+        if col not in runs:
+            continue
+        raw = runs[col]
+        if kind is bool:
+            runs[col] = raw.map({"True": True, "False": False, True: True, False: False}).astype("boolean")
+        elif kind is int:
+            runs[col] = pd.to_numeric(raw).astype("Int64")
+        elif kind is float:
+            runs[col] = pd.to_numeric(raw).astype("float64")
+    dataset = runs.get("params.dataset", pd.Series(index=runs.index, dtype=object))
+    # A run that did not log synthetic_classes used the Config default.
+    synthetic = runs.get("params.synthetic_classes", pd.Series(pd.NA, index=runs.index, dtype="Int64"))
+    synthetic = synthetic.astype("Int64").fillna(Config.synthetic_classes)
+    classes = dataset.map(DATASET_CLASSES).astype("Int64")
+    runs["classes"] = classes.where(dataset != "synthetic", synthetic).astype("Int64")
+    if "metrics.model_param_bytes" in runs and "metrics.model_buffer_bytes" in runs:
+        runs["metrics.model_total_bytes"] = runs["metrics.model_param_bytes"] + runs["metrics.model_buffer_bytes"]
+    if "tags.trial_key" in runs and len(runs):
+        order = runs.sort_values("start_time") if "start_time" in runs else runs
+        keyed = order[order["tags.trial_key"].notna()].drop_duplicates("tags.trial_key", keep="last")
+        runs = pd.concat([keyed, order[order["tags.trial_key"].isna()]]).sort_index()
+    return runs
+
+
+@dataclass(frozen=True)
+class Cell:
+    """Our value for one table cell: the runs of one configuration pooled."""
+    mean: float | None = None      # None: no finished run has the metric (see `reason`)
+    std: float | None = None       # sample std over runs (ddof=1); None when n < 2
+    n: int = 0                     # finished runs with the metric
+    reason: str = ""               # n == 0: why ("not run", "running", ...); n > 0: "1 running"...
+    mixed: tuple[str, ...] = ()    # config fields that differ between the pooled runs
+    runs: tuple[str, ...] = ()     # run_ids pooled
+
+
+def select(runs: pd.DataFrame, **where) -> pd.DataFrame:
+    """Runs whose param (or `classes`) equals each given value; absent column = no match."""
+    mask = pd.Series(True, index=runs.index)
+    for key, value in where.items():
+        col = key if key == "classes" else f"params.{key}"
+        if col not in runs:
+            return runs.iloc[0:0]
+        mask &= (runs[col] == value).fillna(False).astype(bool)
+    return runs[mask]
+
+
+def summarize(runs: pd.DataFrame, metric: str, pooled: tuple[str, ...] = (), **where) -> Cell:
+    """Pool the runs matching `where` for `metric` (the last logged value) into a Cell.
+
+    pooled: config fields expected to vary inside the cell (besides the seed) that are
+    therefore not reported as `mixed`.
+    """
+    match = select(runs, **where)
+    if match.empty:
+        return Cell(reason="not run")
+    col = f"metrics.{metric}"
+    values = match[col] if col in match else pd.Series(float("nan"), index=match.index)
+    ok = (match["status"] == "FINISHED") & values.notna()
+    why = [STATUS_REASON.get(s, MISSING_METRIC.get(metric, f"no {metric} logged"))
+           for s in match.loc[~ok, "status"]]
+    counts = {r: why.count(r) for r in REASON_ORDER + sorted(set(why) - set(REASON_ORDER)) if r in why}
+    n = int(ok.sum())
+    if n == 0 and len(counts) == 1:
+        reason = next(iter(counts))
+    else:
+        reason = ", ".join(f"{c} {r}" for r, c in counts.items())
+    used = match[ok]
+    skip = NOT_EXPERIMENT | set(where) | set(pooled)
+    mixed = tuple(name for name in CONFIG_TYPES if name not in skip and f"params.{name}" in used
+                  and used[f"params.{name}"].nunique(dropna=False) > 1)
+    v = values[ok].astype(float)
+    return Cell(mean=float(v.mean()) if n else None, std=float(v.std(ddof=1)) if n >= 2 else None,
+                n=n, reason=reason, mixed=mixed, runs=tuple(used["run_id"]))
+
+
+@dataclass
+class Row:
+    key: tuple                      # what claims look the row up by, e.g. (9, True)
+    label: str                      # "With regularizer"
+    ours: list[Cell | None]         # one per column; None = not applicable to this row
+    paper: list[float | None]       # the published value; None = the paper gives none
+    group: str = ""                 # section heading inside the table ("Mini-batch size = 9")
+    compare: bool = True            # competes for bold within its group and column
+
+
+@dataclass
+class Table:
+    key: str                        # "table1"
+    title: str                      # "Table 1: ..."
+    columns: list[str]              # column labels, paper order ("W=32", ...)
+    col_keys: list                  # what claims look columns up by (32, 16, 8)
+    rows: list[Row]
+    better: dict[str, str]          # group -> "higher" | "lower" | "" (no bold)
+    number: str = "{:.2f}"          # format of one value
+    show_std: bool = True
+    notes: list[str] = field(default_factory=list)
+
+    def get(self, row_key: tuple, col_key) -> tuple[Cell | None, float | None]:
+        """(ours, paper) at a row key and column key."""
+        row = next(r for r in self.rows if r.key == row_key)
+        j = self.col_keys.index(col_key)
+        return row.ours[j], row.paper[j]
+
+    def bold(self) -> tuple[list[list[bool]], list[list[bool]]]:
+        """Per row and column, whether ours / the paper's value is the group's best."""
+        ours = [[False] * len(self.columns) for _ in self.rows]
+        paper = [[False] * len(self.columns) for _ in self.rows]
+        for group, better in self.better.items():
+            if not better:
+                continue
+            pick = max if better == "higher" else min
+            idx = [i for i, r in enumerate(self.rows) if r.group == group and r.compare]
+            for j in range(len(self.columns)):
+                for marks, value in ((ours, lambda r: r.ours[j].mean if r.ours[j] else None),
+                                     (paper, lambda r: r.paper[j])):
+                    have = {i: value(self.rows[i]) for i in idx if value(self.rows[i]) is not None}
+                    if len(have) >= 2:
+                        best = pick(have.values())
+                        for i, v in have.items():
+                            marks[i][j] = v == best
+        return ours, paper
+

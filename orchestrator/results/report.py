@@ -1,0 +1,152 @@
+"""`report.md`, and `write_results`: every artefact of the given sweeps into one folder.
+
+Entry point for `python -m orchestrator tables SWEEP...` and the end of `run`:
+
+    write_results(["sweeps/table1.yaml"], "sqlite:///abs/mlflow.db", out_dir="results/table1")
+
+writes the tables (render.py, one file per format), the figures (figures.py) and report.md
+(provenance, the claims of claims.py checked on our numbers, tables, figures). It only
+reads MLflow (reader.py), except that `attach_figures=True` also attaches each figure to
+the runs it comes from, through orchestrator.tracking.log_figures (the one MLflow writer):
+`run` does that, the read-only `tables` command only when asked (--attach-figures).
+
+Every set-up error (unknown format, output folder that is a file, no such store or
+experiment) is raised as ResultsError before anything is written.
+"""
+from __future__ import annotations
+
+import datetime
+import pathlib
+from typing import Sequence
+
+import pandas as pd
+
+from orchestrator import tracking
+from orchestrator.results import ResultsError, figures, reader, render, tables
+from orchestrator.results.cells import Table
+from orchestrator.results.claims import Claim, check_claims, claims_markdown
+from orchestrator.sweep import ARTEFACTS, load_sweep
+
+FORMATS = ("md", "latex", "csv")
+
+
+def report_markdown(names: list[str], runs: pd.DataFrame, built: dict[str, Table],
+                    claims: list[Claim], figure_files: list[pathlib.Path], notes: dict[str, list[str]],
+                    tracking_uri: str) -> str:
+    """The whole report: provenance, claims, tables, figures (paths relative to the report)."""
+    status = runs["status"].value_counts().to_dict() if len(runs) else {}
+    commits = sorted(set(runs["tags.git_commit"].dropna())) if "tags.git_commit" in runs else []
+    lines = [f"# Reproduction report: {', '.join(names)}", "",
+             f"Built {datetime.datetime.now().isoformat(timespec='seconds')} from MLflow "
+             f"({tracking_uri}), experiments {names}: {len(runs)} runs "
+             f"({', '.join(f'{n} {s}' for s, n in sorted(status.items())) or 'none'}); "
+             f"git commits {', '.join(c[:10] for c in commits) or 'not tagged'}.",
+             "Paper values: orchestrator/results/paper.yaml. Ours: final-epoch metrics of FINISHED runs.",
+             "", "## Claims", "", claims_markdown(claims) if claims else "No claim rests on the built tables.",
+             "", "## Tables", ""]
+    lines += [render.to_markdown(t) for t in built.values()]
+    lines += ["## Figures", ""]
+    lines += [f"![{p.stem}]({p.name})\n" for p in sorted(set(figure_files))]
+    lines += [f"- {k}: {n}" for k, ns in sorted(notes.items()) for n in ns]
+    return "\n".join(lines) + "\n"
+
+
+def resolve_sources(sources: list[str]) -> tuple[list[str], set[str], bool, set[str]]:
+    """Sweep files or experiment names -> (experiment names, artefacts asked for, auto, URIs).
+
+    auto: some source (an experiment name, or a sweep without `reproduces:`) leaves it to
+    the runs: build every table that has runs and every figure that has artifacts.
+    URIs: the sweep files' own `tracking_uri:` values (see sweep_tracking_uri).
+    """
+    names, wanted, auto, uris = [], set(), False, set()
+    for source in sources:
+        path = pathlib.Path(source)
+        if path.suffix in (".yaml", ".yml") or path.is_file():
+            sweep = load_sweep(path)          # the same parsing and checks as `run`
+            names.append(sweep.name)
+            wanted |= set(sweep.reproduces)
+            auto |= not sweep.reproduces
+            uris |= {sweep.tracking_uri} if sweep.tracking_uri else set()
+        else:
+            names.append(source)
+            auto = True
+    return names, wanted, auto, uris
+
+
+def sweep_tracking_uri(sources: list[str]) -> str | None:
+    """The `tracking_uri:` the sweep files among `sources` name (None: none does), for the
+    caller to resolve as `run` does (tracking.resolve_tracking_uri)."""
+    uris = resolve_sources(sources)[3]
+    if len(uris) > 1:
+        raise ResultsError(f"the sweep files name different tracking URIs {sorted(uris)}; "
+                           f"pass --tracking-uri to choose one")
+    return next(iter(uris), None)
+
+
+def check_formats(formats: Sequence[str]) -> tuple[str, ...]:
+    """The table formats asked for; none, or an unknown one, is an error (not a silent skip)."""
+    formats = tuple(formats)
+    bad = sorted(set(formats) - set(render.RENDERERS))
+    if bad:
+        raise ResultsError(f"unknown table format(s) {bad}; choose from {sorted(render.RENDERERS)}, "
+                           f"e.g. --format {','.join(FORMATS)}")
+    if not formats:
+        raise ResultsError(f"no table format given; pass --format with one or more of "
+                           f"{sorted(render.RENDERERS)}, e.g. --format {','.join(FORMATS)}")
+    return formats
+
+
+def output_folder(out_dir: str | pathlib.Path | None, names: list[str]) -> pathlib.Path:
+    """The folder to write into (default results/<experiment>[+<experiment>...]), not yet
+    created; a file in its place (or in place of a parent) is an error."""
+    out = pathlib.Path(out_dir) if out_dir else pathlib.Path("results") / "+".join(names)
+    blocking = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise ResultsError(f"output folder {out}: {blocking} is a file, not a folder; "
+                           f"pass --out a folder (it is created if missing)")
+    return out
+
+
+def _write_tables(built: dict[str, Table], formats: tuple[str, ...], out: pathlib.Path) -> list[pathlib.Path]:
+    written = []
+    for key, table in built.items():
+        for fmt in formats:
+            path = out / f"{key}{render.SUFFIX[fmt]}"
+            path.write_text(render.RENDERERS[fmt](table))
+            written.append(path)
+    return written
+
+
+def write_results(sources: list[str], tracking_uri: str, formats: Sequence[str] = FORMATS,
+                  out_dir: str | pathlib.Path | None = None,
+                  attach_figures: bool = False) -> list[pathlib.Path]:
+    """Render the sweeps' tables, figures and report.md from MLflow; print and return the files.
+
+    sources: sweep YAML paths (experiment = its `name:`, artefacts = its `reproduces:`) or
+        MLflow experiment names (artefacts = whatever the runs support).
+    tracking_uri: the store to read, already resolved (see sweep_tracking_uri).
+    out_dir: default results/<experiment>[+<experiment>...].
+    attach_figures: also attach each figure to the runs it comes from (an MLflow write).
+    """
+    formats = check_formats(formats)
+    names, wanted, auto, _ = resolve_sources(sources)
+    out = output_folder(out_dir, names)
+    runs = reader.load_runs(names, tracking_uri)
+    paper = tables.load_paper()
+    built = {key: make(runs, paper) for key, make in tables.TABLES.items()}
+    built = {k: t for k, t in built.items() if k in wanted or (auto and tables.supported(t))}
+    out.mkdir(parents=True, exist_ok=True)
+    written = _write_tables(built, formats, out)
+    fig_wanted = {a for a in ARTEFACTS if a.startswith("figure") and (auto or a in wanted)}
+    pairs, notes, analyses = figures.make_figures(runs, out, tracking_uri, fig_wanted)
+    notes = {k: v for k, v in notes.items() if k in wanted}   # silent about figures nobody asked for
+    if attach_figures and pairs:
+        tracking.log_figures(tracking_uri, pairs)
+    pngs = sorted({p for _, p in pairs})
+    report = out / "report.md"
+    report.write_text(report_markdown(names, runs, built, check_claims(built, analyses), pngs, notes,
+                                      tracking_uri))
+    written += pngs + [report]
+    for path in written:
+        print(path)
+    return written
