@@ -20,7 +20,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from orchestrator.sweep import expand, load_sweep  # noqa: E402
+from orchestrator.run.sweep import expand, load_sweep  # noqa: E402
 from trainer.config import Config  # noqa: E402
 from trainer.train import train  # noqa: E402
 

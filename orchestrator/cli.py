@@ -8,7 +8,7 @@ from pathlib import Path
 
 from trainer.config import Config
 
-from .sweep import SweepError, Sweep, Trial, apply_overrides, expand, load_sweep
+from .run.sweep import SweepError, Sweep, Trial, apply_overrides, expand, load_sweep
 
 # CPU cost model for the "paper-size sweep on CPU" guard: forward GFLOP per 32x32 image of
 # VGG16's conv section (~15.5 GFLOP at 224x224, / 49), x3 for forward+backward, at ~3
@@ -63,7 +63,7 @@ def _load(args) -> Sweep:
 
 
 def cmd_run(args) -> int:
-    from . import driver, tracking
+    from .run import driver, tracking
 
     sweep = _load(args)
     trials = expand(sweep)
@@ -139,7 +139,7 @@ def build_tables_step(sweep: Sweep, uri: str) -> int:
 
 def _with_states(args):
     """The sweep, its trials, the tracking URI and MLflow's state of each trial (by key)."""
-    from . import tracking
+    from .run import tracking
 
     sweep = _load(args)
     uri = tracking.resolve_tracking_uri(args.tracking_uri, sweep.tracking_uri)
@@ -186,7 +186,7 @@ def cmd_tables(args) -> int:
     nothing written (and no MLflow store created)."""
     import os
 
-    from . import tracking
+    from .run import tracking
     from .results import ResultsError
     from .results.report import sweep_tracking_uri, write_results
 

@@ -112,3 +112,15 @@ def test_recomputation_uses_the_main_pass_batch_stats_and_leaves_running_stats()
     torch.testing.assert_close(again, main, rtol=0, atol=1e-6)
     assert torch.equal(block.bn.running_mean, mean) and torch.equal(block.bn.running_var, var)
     assert int(block.bn.num_batches_tracked) == n == 1
+
+
+def test_table5_in_the_trainer_is_the_papers_as_the_tables_hold_it():
+    """Table 5's published bytes live twice: the trainer's `python -m trainer memory` and
+    orchestrator/results/paper.yaml (the tables' copy of every published number)."""
+    from orchestrator.results.tables import load_paper
+
+    published = load_paper()["table5"]
+    assert set(published) == set(PAPER_TABLE5)
+    for name, (params, buffers) in PAPER_TABLE5.items():
+        assert (published[name]["parameters"], published[name]["buffers"]) == (params, buffers)
+        assert published[name]["total"] == params + buffers

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import subprocess
 
-from orchestrator import tracking
+from orchestrator.run import tracking
 
 
 def head(root) -> str:

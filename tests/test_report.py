@@ -5,9 +5,10 @@ import re
 import pytest
 import yaml
 
-from orchestrator import cli, tracking
+from orchestrator import cli
+from orchestrator.run import tracking
 from orchestrator.results import ResultsError, report
-from orchestrator.sweep import ARTEFACTS, SweepError
+from orchestrator.run.sweep import ARTEFACTS, SweepError
 
 
 def test_write_results_renders_everything_and_attaches_figures(store, tmp_path):

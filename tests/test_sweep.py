@@ -5,7 +5,7 @@ import textwrap
 
 import pytest
 
-from orchestrator.sweep import Sweep, SweepError, apply_overrides, expand, load_sweep
+from orchestrator.run.sweep import Sweep, SweepError, apply_overrides, expand, load_sweep
 
 SWEEPS = pathlib.Path(__file__).resolve().parents[1] / "sweeps"
 

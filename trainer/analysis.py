@@ -4,7 +4,7 @@ For the cat and dog samples, the activations at the conv output and at each bott
 layer are embedded in 2-D with t-SNE (Figure 4), and a linear discriminant is scored on
 that 2-D embedding (Figure 5). Pure numpy/scikit-learn: the trainer calls it at the end
 of a run and the orchestrator writes the result to MLflow as `representation_analysis.json`
-({"train": <result>, "test": <result>}; the shape is documented in orchestrator/figures.py).
+({"train": <result>, "test": <result>}; the shape is documented in orchestrator/results/figures.py).
 """
 from __future__ import annotations
 

@@ -13,7 +13,8 @@ from torch import nn
 MB = 2 ** 20
 
 # Table 5 of the paper (bytes, 10 classes): the numbers `python -m trainer memory` compares
-# against. The orchestrator's copy of every published number is orchestrator/paper.yaml.
+# against. The orchestrator's copy of every published number is orchestrator/results/paper.yaml;
+# tests/test_model.py checks that the two agree.
 PAPER_TABLE5 = {
     "vgg16": (134_586_664, 33_896),
     "bottleneck_w32": (62_059_304, 49_848),

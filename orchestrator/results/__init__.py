@@ -1,6 +1,6 @@
 """Building results: the paper's tables, figures, claims and report.md, from MLflow.
 
-The other half of the orchestrator runs sweeps and writes to MLflow (orchestrator/tracking.py);
+The other half of the orchestrator runs sweeps and writes to MLflow (orchestrator/run/tracking.py);
 this package only reads MLflow, through `reader` (the one reader), and is otherwise pure:
 
     reader.py   MLflow -> runs DataFrame, run artifacts (explicit tracking URI, read-only)

@@ -20,7 +20,7 @@ written by trainer/memory.py MemoryTimeline):
 
 Drawing is pure (dict -> PNG). `make_figures` picks the runs and reads their artifacts
 through orchestrator/results/reader.py (the one MLflow reader);
-orchestrator.tracking.log_figures writes them back to MLflow, as artifacts of the runs
+orchestrator.run.tracking.log_figures writes them back to MLflow, as artifacts of the runs
 they come from (report.write_results with attach_figures=True).
 """
 from __future__ import annotations
@@ -144,7 +144,7 @@ def make_figures(runs: pd.DataFrame, out_dir: pathlib.Path, tracking_uri: str,
     """Draw the requested figures from the runs' artifacts.
 
     Returns (pairs, notes, analyses): pairs = (run_id, png) for every figure and each run it
-    comes from (log them with orchestrator.tracking.log_figures); notes = artefact -> why nothing was
+    comes from (log them with orchestrator.run.tracking.log_figures); notes = artefact -> why nothing was
     drawn; analyses = figure-4/5 name -> {"without": dict|None, "with": dict|None} for claims.
     """
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ Entry point for `python -m orchestrator tables SWEEP...` and the end of `run`:
 writes the tables (render.py, one file per format), the figures (figures.py) and report.md
 (provenance, the claims of claims.py checked on our numbers, tables, figures). It only
 reads MLflow (reader.py), except that `attach_figures=True` also attaches each figure to
-the runs it comes from, through orchestrator.tracking.log_figures (the one MLflow writer):
+the runs it comes from, through orchestrator.run.tracking.log_figures (the one MLflow writer):
 `run` does that, the read-only `tables` command only when asked (--attach-figures).
 
 Every set-up error (unknown format, output folder that is a file, no such store or
@@ -21,11 +21,11 @@ from typing import Sequence
 
 import pandas as pd
 
-from orchestrator import tracking
+from orchestrator.run import tracking
 from orchestrator.results import ResultsError, figures, reader, render, tables
 from orchestrator.results.cells import Table
 from orchestrator.results.claims import Claim, check_claims, claims_markdown
-from orchestrator.sweep import ARTEFACTS, load_sweep
+from orchestrator.run.sweep import ARTEFACTS, load_sweep
 
 FORMATS = ("md", "latex", "csv")
 

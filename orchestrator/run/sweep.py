@@ -48,7 +48,7 @@ ARTEFACTS = ("table1", "table2", "table3", "table4", "table5", "memory_peaks",
              "figure3", "figure4", "figure5")
 RESOURCE_KEYS = ("cpu", "gpu")
 CONFIG_KEYS = tuple(TYPES)
-SWEEPS_DIR = pathlib.Path(__file__).resolve().parents[1] / "sweeps"
+SWEEPS_DIR = pathlib.Path(__file__).resolve().parents[2] / "sweeps"
 
 
 class SweepError(ValueError):

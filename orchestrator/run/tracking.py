@@ -1,4 +1,4 @@
-"""MLflow tracking: the one place the orchestrator writes to MLflow (tables.py reads it).
+"""MLflow tracking: the one place the orchestrator writes to MLflow (orchestrator/results/reader.py reads it).
 
 The driver creates the experiment and one run per trial (found again by its `trial_key`
 tag); each trial process opens a `TrialLogger` on its run id and logs per-epoch metrics
@@ -124,7 +124,7 @@ def create_run(uri: str, experiment_id: str, trial, sweep, tags: dict) -> str:
     return run_id
 
 
-CODE_ROOT = Path(__file__).resolve().parents[1]   # the checkout (or install) this code runs from
+CODE_ROOT = Path(__file__).resolve().parents[2]   # the checkout (or install) this code runs from
 
 
 def code_commit(root: Path = CODE_ROOT) -> str:
