@@ -4,10 +4,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from trainer.config import Config
 
+from .run.plan import fuse_groups, group_name
 from .run.sweep import SweepError, Sweep, Trial, apply_overrides, expand, load_sweep
 
 # CPU cost model for the "paper-size sweep on CPU" guard: forward GFLOP per 32x32 image of
@@ -40,6 +42,7 @@ def steps_per_trial(config: dict) -> int:
 def cpu_hours(trials: list[Trial], cpus_per_trial: float, total_cpus: float) -> float:
     """A rough estimate of a sweep's wall time on CPUs only (see CPU_GFLOPS_PER_CORE)."""
     gflop = sum(3 * CONV_GFLOP_PER_IMAGE / t.config["vgg_width_divisor"] ** 2
+                * (t.config["image_size"] / 32) ** 2
                 * t.config["batch_size"] * steps_per_trial(t.config) for t in trials)
     parallel = max(1.0, total_cpus // max(cpus_per_trial, 1))
     return gflop / (CPU_GFLOPS_PER_CORE * max(cpus_per_trial, 1)) / parallel / 3600
@@ -62,35 +65,62 @@ def _load(args) -> Sweep:
                            storage_path=getattr(args, "storage", None))
 
 
-def cmd_run(args) -> int:
-    from .run import driver, tracking
+@dataclass
+class RunPlan:
+    """What `run` will do: the sweep, where it logs, and the groups of trials still to run."""
+    sweep: Sweep
+    uri: str
+    trials: list[Trial]
+    states: dict                     # trial_key -> tracking.RunState
+    groups: list[list[Trial]]        # fused groups of the trials to run (new or resuming)
+
+
+def make_plan(args) -> RunPlan:
+    from .run import tracking
 
     sweep = _load(args)
     trials = expand(sweep)
     uri = tracking.resolve_tracking_uri(args.tracking_uri, sweep.tracking_uri)
     states = tracking.runs_by_key(uri, sweep.name)
-    groups = classify(trials, states)
-    todo = groups["resuming"] + groups["new"]
-    steps = sorted({steps_per_trial(t.config) for t in todo})
-    print(f"sweep {sweep.name} ({sweep.path}): {len(trials)} trials: {len(groups['new'])} new, "
-          f"{len(groups['resuming'])} resuming, {len(groups['finished'])} finished (skipped)")
+    todo = [t for t in trials if t.key not in states or states[t.key].status != "FINISHED"]
+    return RunPlan(sweep, uri, trials, states, fuse_groups(todo, sweep.fuse))
+
+
+def cmd_run(args) -> int:
+    plan = make_plan(args)
+    todo = [t for g in plan.groups for t in g]
+    counts = classify(plan.trials, plan.states)
+    print(f"sweep {plan.sweep.name} ({plan.sweep.path}): {len(plan.trials)} trials: "
+          f"{len(counts['new'])} new, {len(counts['resuming'])} resuming, "
+          f"{len(counts['finished'])} finished (skipped)")
     if todo:
-        print(f"steps per trial: {', '.join(f'{s:,}' for s in steps)}")
-    print(f"tracking: {uri}")
+        steps = sorted({steps_per_trial(t.config) for t in todo})
+        print(f"steps per trial: {', '.join(f'{s:,}' for s in steps)}; "
+              f"{len(plan.groups)} group(s) of at most {plan.sweep.fuse} fused trials")
+    print(f"tracking: {plan.uri}")
     if args.dry_run:
-        for t in todo:
-            print(f"  would run {t.name:<28} {t.key}")
+        for group in plan.groups:
+            print(f"  would run {group_name(group)}: " + ", ".join(f"{t.name} ({t.key})" for t in group))
         return 0
     if not todo:
         print("nothing to run: every trial is FINISHED in MLflow.")
-        return build_tables_step(sweep, uri)
+        return build_tables_step(plan.sweep, plan.uri)
+    return launch(plan, args)
 
+
+def launch(plan: RunPlan, args) -> int:
+    """Start (or join) Ray, create the runs of new trials, run every group on Tune, then say
+    how each trial ended and build the tables."""
+    from .run import driver, tracking
+
+    sweep, uri = plan.sweep, plan.uri
     cluster = driver.start_ray(args.address)
     resources, warning = driver.plan_resources(sweep.resources, cluster)
     print(f"on: Ray cluster with {cluster.get('CPU', 0):g} CPUs, {cluster.get('GPU', 0):g} GPUs;"
-          f" per trial {resources}")
+          f" per group {resources}")
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
+    todo = [t for g in plan.groups for t in g]
     if not resources.get("gpu"):
         hours = cpu_hours(todo, resources.get("cpu", 1), cluster.get("CPU", 1))
         if hours > CPU_HOURS_NEEDING_YES and not args.yes:
@@ -104,21 +134,26 @@ def cmd_run(args) -> int:
     storage = Path(sweep.storage_path or driver.default_storage()).resolve()
     threads = max(1, int(resources.get("cpu", 1)))
     jobs = []
-    for t in todo:
-        run_id = (states[t.key].run_id if t.key in states
-                  else tracking.create_run(uri, experiment_id, t, sweep, tags))
-        config = {**t.config, "data_dir": str(Path(t.config["data_dir"]).resolve())}
-        jobs.append(driver.Job(t.key, t.name, config, run_id, uri,
-                               str(storage / sweep.name / t.key), threads, tags))
-    result = driver.run_jobs(jobs, sweep.name, resources, str(storage),
-                             sweep.max_failures, sweep.max_concurrent)
-    print(f"\n{result['finished']} of {len(jobs)} trials finished"
-          + (f"; failed: {', '.join(result['failed'])}" if result["failed"] else ""))
+    for group in plan.groups:
+        members = []
+        for t in group:
+            run_id = (plan.states[t.key].run_id if t.key in plan.states
+                      else tracking.create_run(uri, experiment_id, t, sweep, tags))
+            config = {**t.config, "data_dir": str(Path(t.config["data_dir"]).resolve())}
+            members.append(driver.Member(t.key, t.name, config, run_id, str(storage / sweep.name / t.key)))
+        jobs.append(driver.Job(group_name(group), members, uri, threads, tags))
+    driver.run_jobs(jobs, sweep.name, resources, str(storage), sweep.max_failures,
+                    sweep.max_concurrent)
+
+    after = tracking.runs_by_key(uri, sweep.name)
+    failed = [t.name for t in todo if after.get(t.key) is None or after[t.key].status != "FINISHED"]
+    print(f"\n{len(todo) - len(failed)} of {len(todo)} trials finished"
+          + (f"; not finished: {', '.join(failed)}" if failed else ""))
     print(f"MLflow: {uri}\n  see runs:   mlflow ui --backend-store-uri {uri}\n"
           f"  tables:     python -m orchestrator tables {args.sweep}"
           + (f" --tracking-uri {uri}" if args.tracking_uri else ""))
     code = build_tables_step(sweep, uri)
-    return 1 if result["failed"] else code
+    return 1 if failed else code
 
 
 def build_tables_step(sweep: Sweep, uri: str) -> int:
@@ -137,34 +172,29 @@ def build_tables_step(sweep: Sweep, uri: str) -> int:
     return 0
 
 
-def _with_states(args):
-    """The sweep, its trials, the tracking URI and MLflow's state of each trial (by key)."""
-    from .run import tracking
-
-    sweep = _load(args)
-    uri = tracking.resolve_tracking_uri(args.tracking_uri, sweep.tracking_uri)
-    return sweep, expand(sweep), uri, tracking.runs_by_key(uri, sweep.name)
-
-
 def _state(s) -> str:
     return "pending" if s is None else s.status.lower()
 
 
 def cmd_plan(args) -> int:
-    sweep, trials, uri, states = _with_states(args)
-    print(f"sweep {sweep.name}: {sweep.description.strip()}\n{len(trials)} trials, "
-          f"tracking {uri}\n")
-    print(f"{'trial':<28} {'key':<13} {'state':<10} {'epoch':>9} {'steps':>12}")
-    for t in trials:
-        s = states.get(t.key)
-        state = _state(s)
+    plan = make_plan(args)
+    group_of = {t.key: i + 1 for i, g in enumerate(plan.groups) for t in g}
+    print(f"sweep {plan.sweep.name}: {plan.sweep.description.strip()}\n{len(plan.trials)} trials, "
+          f"tracking {plan.uri}; the trials to run train in {len(plan.groups)} group(s) "
+          f"(fuse: {plan.sweep.fuse})\n")
+    print(f"{'trial':<28} {'key':<13} {'state':<10} {'epoch':>9} {'steps':>12} {'group':>6}")
+    for t in plan.trials:
+        s = plan.states.get(t.key)
         epoch = f"{s.last_epoch if s else 0}/{t.config['epochs']}"
-        print(f"{t.name:<28} {t.key:<13} {state:<10} {epoch:>9} {steps_per_trial(t.config):>12,}")
+        group = f"g{group_of[t.key]}" if t.key in group_of else "-"
+        print(f"{t.name:<28} {t.key:<13} {_state(s):<10} {epoch:>9} "
+              f"{steps_per_trial(t.config):>12,} {group:>6}")
     return 0
 
 
 def cmd_status(args) -> int:
-    sweep, trials, _, states = _with_states(args)
+    plan = make_plan(args)
+    sweep, trials, states = plan.sweep, plan.trials, plan.states
     counts: dict[str, int] = {}
     lines = []
     for t in trials:

@@ -167,7 +167,8 @@ def test_members_resume_from_their_own_epochs_fused_or_alone(tmp_path):
     list(train(a, tmp_path / "a"))                                   # epoch 2 of a: alone
     new = tiny(seed=7, epochs=2)
     rounds = list(train_group([b, new], [tmp_path / "b", tmp_path / "new"]))   # b: epoch 2, new: 1, 2
-    epochs = [[(e.member, e.epoch) for e in r if not e.final] for r in rounds]
+    assert [(e.member, e.epoch) for e in rounds[0]] == [(0, 1)] and rounds[0][0].replayed
+    epochs = [[(e.member, e.epoch) for e in r if not e.final] for r in rounds[1:]]
     assert epochs == [[(0, 2), (1, 1)], [(1, 2)]]
     for name, c in (("a", a), ("b", b), ("new", new)):
         list(train(c, tmp_path / f"straight-{name}"))

@@ -57,14 +57,24 @@ def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
     return out
 
 
-def wait_for(predicate, timeout: float, what: str):
+def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None):
+    """Poll until `predicate()` is truthy; fail at once if `proc` ends first (with its
+    output), else after a generous `timeout` (a loaded 2-core machine is slow, not stuck)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         value = predicate()
         if value:
             return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the command ended (rc {proc.returncode}) before {what}:\n"
+                                 f"{proc.stdout.read() if proc.stdout else ''}")
         time.sleep(0.5)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+# Epochs of the trials the kill tests interrupt: enough that a trial is still running a
+# few seconds after its first epoch, even on an idle machine (an epoch here: ~0.5 s).
+EPOCHS = 12
 
 
 @pytest.fixture
@@ -72,12 +82,15 @@ def uri(tmp_path) -> str:
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
-def test_sweep_end_to_end_idempotent_and_grows(tmp_path, uri):
-    """4 concurrent trials on one SQLite store all finish with their metrics; a second run
-    launches nothing; a grown axis runs only the new trials; tables are written."""
+@pytest.mark.parametrize("fuse,resources", [(1, {"cpu": 0.5}), (4, {"cpu": 1})],
+                         ids=["4-processes-at-once", "one-fused-group"])
+def test_sweep_end_to_end_idempotent_and_grows(tmp_path, uri, fuse, resources):
+    """4 trials (4 processes writing one SQLite store at once, or one fused group) all
+    finish with their metrics; a second run launches nothing; a grown axis runs only the
+    new trials; tables are written."""
     sweep = write_sweep(tmp_path / "s.yaml", "e2e", {"width": [16, 8], "regularizer": [False, True]},
                         base={"representation_analysis": True, "analysis_samples": 12},
-                        resources={"cpu": 0.5},            # 4 trials at once on 2 CPUs
+                        resources=resources, fuse=fuse,
                         reproduces=["table1", "table2", "figure4", "figure5"])
     finish(cli(tmp_path, "run", str(sweep), "--tracking-uri", uri))
     first = runs(uri, "e2e")
@@ -91,6 +104,8 @@ def test_sweep_end_to_end_idempotent_and_grows(tmp_path, uri):
         assert m["model_param_bytes"] > 0 and "peak_memory_mb" not in m      # CPU: absent
         assert r.data.params["width"] in ("16", "8") and r.data.params["epochs"] == "2"
         assert {"trial_key", "sweep", "git_commit", "version.torch", "node_ip"} <= set(r.data.tags)
+        others = {t.info.run_name for t in first} - {r.info.run_name}
+        assert set(r.data.tags["fused_with"].split(",")) == (others if fuse > 1 else {"none"})
     results = tmp_path / "results" / "e2e"
     assert {"table1.md", "table2.tex", "table1.csv", "report.md"} <= {p.name for p in results.iterdir()}
     figures = sorted(p.name for p in results.glob("figure*.png"))
@@ -104,7 +119,7 @@ def test_sweep_end_to_end_idempotent_and_grows(tmp_path, uri):
 
     write_sweep(sweep, "e2e", {"width": [16, 8, 4], "regularizer": [False, True]},
                 base={"representation_analysis": True, "analysis_samples": 12},
-                resources={"cpu": 1})
+                resources={"cpu": 1}, fuse=fuse)
     out = finish(cli(tmp_path, "run", str(sweep), "--tracking-uri", uri))
     assert "2 new, 0 resuming, 4 finished (skipped)" in out
     after = runs(uri, "e2e")
@@ -113,17 +128,17 @@ def test_sweep_end_to_end_idempotent_and_grows(tmp_path, uri):
 
 
 def test_killed_driver_resumes_in_same_runs(tmp_path, uri):
-    """Kill the driver mid-sweep; `run` again continues each trial in its own MLflow run
-    from its checkpoint: no duplicate runs, no duplicate or missing steps."""
+    """Kill the driver mid-sweep (a fused group of 2); `run` again continues each trial in
+    its own MLflow run from its checkpoint: no duplicate runs, no duplicate or missing steps."""
     sweep = write_sweep(tmp_path / "s.yaml", "crash", {"regularizer": [False, True]},
-                        base={"epochs": 6, "train_samples": 300}, resources={"cpu": 1})
+                        base={"epochs": EPOCHS, "train_samples": 600}, resources={"cpu": 1})
     proc = cli(tmp_path, "run", str(sweep), "--tracking-uri", uri)
     wait_for(lambda: any(steps(uri, r.info.run_id) and r.info.status == "RUNNING"
-                         for r in runs(uri, "crash")), 240, "a trial's first epoch")
+                         for r in runs(uri, "crash")), 600, "a trial's first epoch", proc)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     before = {r.info.run_id: steps(uri, r.info.run_id) for r in runs(uri, "crash")}
-    assert any(len(s) < 6 for s in before.values())        # interrupted mid-trial
+    assert any(len(s) < EPOCHS for s in before.values())   # interrupted mid-trial
 
     out = finish(cli(tmp_path, "run", str(sweep), "--tracking-uri", uri))
     assert "resuming" in out
@@ -131,29 +146,31 @@ def test_killed_driver_resumes_in_same_runs(tmp_path, uri):
     assert {r.info.run_id for r in after} == set(before)    # the same runs, no new ones
     for r in after:
         assert r.info.status == "FINISHED"
-        assert steps(uri, r.info.run_id) == [1, 2, 3, 4, 5, 6]
+        assert steps(uri, r.info.run_id) == list(range(1, EPOCHS + 1))
         if before[r.info.run_id]:                          # resumed, not restarted
             assert int(r.data.tags["resumed_from_epoch"]) >= 1
 
 
 def test_killed_trial_worker_is_retried_from_checkpoint(tmp_path, uri):
-    """SIGKILL one trial's worker process: Tune retries it (max_failures) and it resumes
-    from its last checkpoint in the same run."""
-    sweep = write_sweep(tmp_path / "s.yaml", "retry", {"regularizer": [False]},
-                        base={"epochs": 6, "train_samples": 300}, resources={"cpu": 1})
+    """SIGKILL the worker process of a fused group of 2: Tune retries the group
+    (max_failures) and each member resumes from its last checkpoint in its own run."""
+    sweep = write_sweep(tmp_path / "s.yaml", "retry", {"regularizer": [False, True]},
+                        base={"epochs": EPOCHS, "train_samples": 600}, resources={"cpu": 1})
     proc = cli(tmp_path, "run", str(sweep), "--tracking-uri", uri)
 
     def running_with_epoch():
         rs = [r for r in runs(uri, "retry") if r.info.status == "RUNNING"]
         return rs[0] if rs and steps(uri, rs[0].info.run_id) else None
-    run = wait_for(running_with_epoch, 240, "the trial's first epoch")
+    run = wait_for(running_with_epoch, 600, "the trial's first epoch", proc)
     os.kill(int(run.data.tags["pid"]), signal.SIGKILL)
     finish(proc)
-    (after,) = runs(uri, "retry")
-    assert after.info.run_id == run.info.run_id and after.info.status == "FINISHED"
-    assert steps(uri, after.info.run_id) == [1, 2, 3, 4, 5, 6]
-    assert int(after.data.tags["resumed_from_epoch"]) >= 1
-    assert after.data.tags["pid"] != run.data.tags["pid"]
+    after = runs(uri, "retry")
+    assert len(after) == 2 and {r.info.status for r in after} == {"FINISHED"}
+    for r in after:
+        assert steps(uri, r.info.run_id) == list(range(1, EPOCHS + 1))
+        assert r.data.tags["pid"] != run.data.tags["pid"]             # a new worker
+    resumed = [int(r.data.tags["resumed_from_epoch"]) for r in after]
+    assert min(resumed) >= 1                                           # both from checkpoints
 
 
 @pytest.mark.parametrize("body, message", [

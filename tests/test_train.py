@@ -29,13 +29,16 @@ def tiny(**overrides) -> Config:
     return Config.from_dict({**base, **overrides})
 
 
-def run(cfg, ckpt=None):
-    """[(epoch, metrics without wall-clock times)], final metrics."""
+def run(cfg, ckpt=None, replayed=None):
+    """[(epoch, metrics without wall-clock times)] of the epochs trained now, final metrics;
+    `replayed` collects the epochs a resumed run re-yields from its checkpoint."""
     history, final = [], None
     for m in train(cfg, ckpt):
         metrics = {k: v for k, v in m.metrics.items() if k != "epoch_seconds"}
         if m.final:
             final = metrics
+        elif m.replayed:
+            replayed.append((m.epoch, metrics)) if replayed is not None else None
         else:
             history.append((m.epoch, metrics))
     return history, final
@@ -62,8 +65,10 @@ CASES = {  # momentum: optimizer state; augment: the epoch's draws; vgg16: dropo
 def test_resume_equals_an_uninterrupted_run_bit_for_bit(case, tmp_path):
     straight = run(tiny(**CASES[case]), tmp_path / "straight")
     first = run(tiny(**CASES[case], epochs=1), tmp_path / "resumed")
-    resumed = run(tiny(**CASES[case]), tmp_path / "resumed")
+    replayed = []
+    resumed = run(tiny(**CASES[case]), tmp_path / "resumed", replayed)
     assert [e for e, _ in resumed[0]] == [2]                  # only epoch 2 ran again
+    assert replayed == first[0]                               # epoch 1 handed on from the checkpoint
     assert first[0] + resumed[0] == straight[0]               # every metric, exactly
     assert resumed[1] == straight[1]
     assert_same_state(saved_state(tmp_path / "straight"), saved_state(tmp_path / "resumed"))

@@ -3,6 +3,8 @@
     python -m trainer --dataset synthetic --arch bottleneck --width 16 --batch-size 5 \\
         --regularizer --epochs 2 [--json out.json] [--checkpoint-dir ckpt]
     python -m trainer memory [--format table|json]      # Table 5: our bytes beside the paper's
+    python -m trainer memory --forecast --arch vgg16 --batch-size 16 --image-size 224 \
+        [--format json|md]                               # one step's peak GPU memory, on a CPU
 """
 from __future__ import annotations
 
@@ -15,11 +17,12 @@ from .config import DEFAULTS, HELP, TYPES, Config, ConfigError
 from .memory import table5_rows
 
 
-def config_parser() -> argparse.ArgumentParser:
+def config_parser(prog: str = "python -m trainer", description: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m trainer",
-        description="Train one trial of the paper's grid (no Ray, no MLflow) and print its "
-                    "measurements. `python -m trainer memory` prints Table 5 instead.",
+        prog=prog,
+        description=description or "Train one trial of the paper's grid (no Ray, no MLflow) "
+                                   "and print its measurements. `python -m trainer memory` "
+                                   "prints Table 5 instead; `memory --forecast` a step's GPU memory.",
         epilog="Every flag is a field of trainer/config.py's Config (its help is the field's).")
     for name, kind in TYPES.items():
         flag = "--" + name.replace("_", "-")
@@ -89,21 +92,69 @@ def run_trial(argv: list[str]) -> int:
 
 
 def memory(argv: list[str]) -> int:
+    if "--forecast" in argv:
+        return forecast_memory([a for a in argv if a != "--forecast"])
     p = argparse.ArgumentParser(prog="python -m trainer memory",
                                 description="Table 5: model parameter and buffer bytes, ours "
-                                            "beside the paper's (10 classes, full width).")
+                                            "beside the paper's (10 classes, full width), and "
+                                            "the same models at 224x224. With --forecast (and "
+                                            "any trainer flag): one training step's peak GPU "
+                                            "memory, forecast on this machine.")
     p.add_argument("--format", choices=["table", "json"], default="table")
+    p.add_argument("--forecast", action="store_true", help="see above")
     rows = table5_rows()
     if p.parse_args(argv).format == "json":
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'model':<16}{'params (ours)':>16}{'paper':>14}{'buffers (ours)':>16}{'paper':>9}"
-          f"{'total (ours)':>15}{'paper':>14}")
+    print(f"{'model':<16}{'input':>8}{'params (ours)':>16}{'paper':>14}{'buffers (ours)':>16}"
+          f"{'paper':>9}{'total (ours)':>15}{'paper':>14}")
+    shown = lambda v, width: f"{v:>{width},}" if v is not None else f"{'-':>{width}}"  # noqa: E731
     for r in rows:
-        print(f"{r['model']:<16}{r['param_bytes']:>16,}{r['paper_param_bytes']:>14,}"
-              f"{r['buffer_bytes']:>16,}{r['paper_buffer_bytes']:>9,}"
-              f"{r['total_bytes']:>15,}{r['paper_total_bytes']:>14,}")
-    print("W=16/8 differ by design: see DESIGN.md (K = 16*W reading).")
+        print(f"{r['model']:<16}{r['image_size']:>5}px{shown(r['param_bytes'], 16)}"
+              f"{shown(r['paper_param_bytes'], 14)}{shown(r['buffer_bytes'], 16)}"
+              f"{shown(r['paper_buffer_bytes'], 9)}{shown(r['total_bytes'], 15)}"
+              f"{shown(r['paper_total_bytes'], 14)}")
+    print("W=16/8 differ from the paper by design (the K = 16*W reading: DESIGN.md). At "
+          "224 px the 7x7x512 conv output is flattened into FC1; the paper's Table 5 is 32 px.")
+    return 0
+
+
+FORECAST_FIELDS = {"model_mb": "model (parameters + buffers)",
+                   "peak_mb": "peak allocated (model, data on the device, and the step)",
+                   "dynamic_peak_mb": "peak dynamic (peak - model - data)",
+                   "forward_peak_mb": "forward-pass peak dynamic"}
+
+
+def forecast_memory(argv: list[str]) -> int:
+    """`memory --forecast`: the trainer's flags choose the trial; its step on CUDA, in MB."""
+    p = config_parser("python -m trainer memory --forecast",
+                      "Forecast one training step's peak GPU memory (MB = 2**20 bytes) for "
+                      "the trial these flags describe, on this machine (no GPU needed): the "
+                      "trainer's own step on fake tensors, allocations rounded as CUDA does.")
+    p.add_argument("--format", choices=["json", "md"], default="md")
+    args = vars(p.parse_args(argv))
+    fmt = args.pop("format")
+    for unused in ("checkpoint_dir", "json"):
+        args.pop(unused)
+    try:
+        cfg = Config.from_dict(args, source="flags")
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    from .forecast import forecast  # torch import after argument errors
+
+    numbers = forecast([cfg]).as_dict()
+    if fmt == "json":
+        print(json.dumps({"config": cfg.to_dict(), **{k: round(v, 1) for k, v in numbers.items()}}, indent=2))
+        return 0
+    print(f"Forecast of one training step on CUDA: {cfg.arch}"
+          + (f" W={cfg.width}" if cfg.arch == "bottleneck" else "")
+          + f", batch {cfg.batch_size}, {cfg.image_size}x{cfg.image_size}, regularizer "
+          f"{'on' if cfg.regularizer else 'off'}, momentum {cfg.momentum}\n")
+    print("| | MB |\n|---|---:|")
+    for key, label in FORECAST_FIELDS.items():
+        print(f"| {label} | {numbers[key]:,.0f} |")
+    print("\nNot included: the CUDA context, cuDNN/cuBLAS workspaces, fragmentation.")
     return 0
 
 

@@ -10,7 +10,11 @@ for a trial trained alone or inside a fused group (trainer/fused.py), so a trial
 either way:
 
     {"format": 2, "epoch": int (epochs done), "config": Config.to_dict(),
-     "model": the trial's Net.state_dict(), "momentum": {parameter name: SGD momentum buffer}}
+     "model": the trial's Net.state_dict(), "momentum": {parameter name: SGD momentum buffer},
+     "history": [{"epoch": e, "metrics": {...}, "artifacts": {...}}, ...] every epoch so far}
+
+The history lets a resumed trial hand on measurements that never reached their
+destination (the checkpoint is written before the caller logs the epoch).
 
 No random-number state is stored: each epoch's draws come from (seed, epoch) (trainer/data.py).
 """
@@ -30,13 +34,13 @@ PREVIOUS = "checkpoint.prev.pt"
 FORMAT = 2
 
 
-def save(folder: Path, epoch: int, cfg: Config, model: dict, momentum: dict) -> Path:
+def save(folder: Path, epoch: int, cfg: Config, model: dict, momentum: dict, history: list) -> Path:
     """Write the state atomically; the last good checkpoint becomes checkpoint.prev.pt.
     A crash at any point leaves at least one complete checkpoint of the two."""
     folder.mkdir(parents=True, exist_ok=True)
     path, prev, tmp = folder / CHECKPOINT, folder / PREVIOUS, folder / (CHECKPOINT + ".tmp")
     torch.save({"format": FORMAT, "epoch": epoch, "config": cfg.to_dict(), "model": model,
-                "momentum": momentum}, tmp)
+                "momentum": momentum, "history": history}, tmp)
     if path.exists():
         os.replace(path, prev)
     os.replace(tmp, path)

@@ -13,11 +13,10 @@ only slices them.
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import pickle
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -66,6 +65,14 @@ class Data:
     test_x: torch.Tensor
     test_y: torch.Tensor
     num_classes: int
+    _constants: dict = field(default_factory=dict, repr=False)   # dtype -> (mean, std)
+
+    def normalize(self, x: torch.Tensor, dtype: torch.dtype, image_size: int) -> torch.Tensor:
+        """`normalize` with this dataset's constants, built once per dtype on its device
+        (a tensor built from Python numbers on every step would be a host-to-device copy)."""
+        if dtype not in self._constants:
+            self._constants[dtype] = mean_std(self.train_x.device, dtype)
+        return normalize(x, dtype, image_size, self._constants[dtype])
 
 
 def load_data(dataset: str, data_dir: str, num_classes: int, train_samples: int,
@@ -191,18 +198,19 @@ def augment(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Ten
     return torch.where(flip[:, None, None, None], x.flip(3), x)
 
 
-@functools.lru_cache(maxsize=None)
-def _mean_std(device: torch.device, dtype: torch.dtype):
-    """The normalisation constants, built once per device and dtype (not on every step)."""
+def mean_std(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The normalisation constants (1, 3, 1, 1) on `device`."""
     mean = torch.tensor(MEAN, dtype=dtype).view(1, 3, 1, 1).to(device)
     std = torch.tensor(STD, dtype=dtype).view(1, 3, 1, 1).to(device)
     return mean, std
 
 
-def normalize(x: torch.Tensor, dtype: torch.dtype = torch.float32, image_size: int = 32) -> torch.Tensor:
+def normalize(x: torch.Tensor, dtype: torch.dtype = torch.float32, image_size: int = 32,
+              constants: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """uint8 (B, 3, 32, 32) -> float, per-channel standardised, upsampled (bilinear) to
-    image_size on the device when that is not 32 (the paper's 224x224 profiling)."""
-    mean, std = _mean_std(x.device, dtype)
+    image_size on the device when that is not 32 (the paper's 224x224 profiling).
+    `constants`: mean_std(...) made once (Data.normalize keeps them)."""
+    mean, std = constants or mean_std(x.device, dtype)
     x = (x.to(dtype) / 255 - mean) / std
     if image_size != x.shape[-1]:
         x = torch.nn.functional.interpolate(x, size=(image_size, image_size), mode="bilinear",
@@ -260,7 +268,7 @@ def group_batch(data: Data, plan: EpochPlan, step: int, batch_size: int, dtype: 
     if plan.dy is not None:
         x = augment(x, plan.dy[:, cols].flatten(), plan.dx[:, cols].flatten(),
                     plan.flip[:, cols].flatten())
-    x = normalize(x, dtype, image_size)
+    x = data.normalize(x, dtype, image_size)
     return x.view(n, b, *x.shape[1:]), data.train_y[idx]
 
 

@@ -67,7 +67,7 @@ class Group:
         self.dtype = getattr(torch, cfg.dtype)
         self.timeline = None                      # a MemoryTimeline while one records
         device = next(nets[0].parameters()).device
-        self.model = FusedNet(nets, [m.generator for m in members]).to(device)
+        self.model = FusedNet(nets, [m.generator for m in members])       # on the nets' device
         self.model.train()
         self.opt = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                    weight_decay=cfg.weight_decay)
@@ -80,10 +80,14 @@ class Group:
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """One SGD step of every member; returns their losses (N,), detached."""
-        losses = self.losses(x, y)
-        self.opt.zero_grad(set_to_none=True)
+        return self.update(self.losses(x, y))
+
+    def update(self, losses: torch.Tensor) -> torch.Tensor:
+        """The step's second half: backward from the members' losses, then SGD. Gradients
+        are freed right after the step, so none is held through the next forward pass."""
         losses.sum().backward()         # members share no weights: each gets its own gradient
         self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
         return losses.detach()
 
     def member_state(self, i: int) -> tuple[dict, dict]:

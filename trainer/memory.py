@@ -31,27 +31,35 @@ def model_bytes(model: nn.Module) -> tuple[int, int]:
 
 
 def table5_rows(num_classes: int = 10) -> list[dict]:
-    """Our bytes beside the paper's for every model of Table 5 (full-width VGG)."""
+    """Our bytes beside the paper's for every model of Table 5 (full-width VGG, 32x32
+    inputs: 512 features into the head), then the same models at 224x224 with the 7x7x512
+    conv output flattened into FC1 (the networks section 4.4 profiles; the paper gives no
+    bytes for them, so their paper columns are None)."""
     from .model import Net  # local: model imports nothing from here
 
     rows = []
-    for name, (paper_params, paper_buffers) in PAPER_TABLE5.items():
-        arch, _, w = name.partition("_w")
-        params, buffers = model_bytes(Net(arch, int(w or 32), num_classes))
-        rows.append(dict(model=name, param_bytes=params, buffer_bytes=buffers,
-                         total_bytes=params + buffers, paper_param_bytes=paper_params,
-                         paper_buffer_bytes=paper_buffers,
-                         paper_total_bytes=paper_params + paper_buffers))
+    for image_size in (32, 224):
+        for name, (paper_params, paper_buffers) in PAPER_TABLE5.items():
+            arch, _, w = name.partition("_w")
+            with torch.device("meta"):                  # sizes only: nothing is allocated
+                params, buffers = model_bytes(Net(arch, int(w or 32), num_classes,
+                                                  image_size=image_size))
+            paper = image_size == 32
+            rows.append(dict(model=name, image_size=image_size, param_bytes=params,
+                             buffer_bytes=buffers, total_bytes=params + buffers,
+                             paper_param_bytes=paper_params if paper else None,
+                             paper_buffer_bytes=paper_buffers if paper else None,
+                             paper_total_bytes=paper_params + paper_buffers if paper else None))
     return rows
 
 
-def cuda_peak_metrics(device: torch.device, model_total_bytes: int) -> dict:
-    """Peak allocated memory since the last reset, and that peak minus the model's bytes.
-    Call `torch.cuda.reset_peak_memory_stats(device)` at the start of the measured epoch."""
+def cuda_peak_metrics(device: torch.device, resident_bytes: int) -> dict:
+    """Peak allocated memory since the last reset, and that peak minus what stays resident
+    (the model's parameters and buffers, and the dataset the trainer keeps on the device):
+    the paper's "dynamic", computation-related memory. Call
+    `torch.cuda.reset_peak_memory_stats(device)` at the start of the measured epoch."""
     peak = torch.cuda.max_memory_allocated(device)
-    return {"peak_memory_mb": peak / MB,
-            "dynamic_peak_memory_mb": (peak - model_total_bytes) / MB,
-            "gpu_total_memory_mb": torch.cuda.get_device_properties(device).total_memory / MB}
+    return {"peak_memory_mb": peak / MB, "dynamic_peak_memory_mb": (peak - resident_bytes) / MB}
 
 
 class MemoryTimeline:
@@ -103,8 +111,8 @@ class MemoryTimeline:
         return {"phases": ["fwd1", "fwd2", "bwd2", "bwd1"], "records": self.records}
 
 
-def forward_peak_mb(timeline: dict, model_total_bytes: int) -> float:
-    """Section 4.4's forward-pass peak: the highest dynamic memory (allocated minus the
-    model's bytes) sampled during fwd1/fwd2 in the timeline's steps."""
+def forward_peak_mb(timeline: dict, resident_bytes: int) -> float:
+    """Section 4.4's forward-pass peak: the highest dynamic memory (allocated minus what
+    stays resident, as in cuda_peak_metrics) sampled during fwd1/fwd2 in the timeline."""
     fwd = [r["allocated_mb"] for r in timeline["records"] if r["phase"] in ("fwd1", "fwd2")]
-    return max(fwd, default=0.0) - model_total_bytes / MB
+    return max(fwd, default=0.0) - resident_bytes / MB

@@ -123,4 +123,4 @@ def build_model(cfg) -> Net:
         torch.manual_seed(cfg.seed)
         net = Net(cfg.arch, cfg.width, cfg.num_classes, cfg.vgg_width_divisor, cfg.image_size,
                   cfg.head_input)
-    return net.to(getattr(torch, cfg.dtype))
+    return net if cfg.dtype == "float32" else net.to(getattr(torch, cfg.dtype))

@@ -20,8 +20,7 @@ import torch
 
 from . import checkpoint
 from .config import PER_MEMBER, Config
-from .data import Data, EpochPlan, epoch_seed, group_batch, load_data, normalize, resident_bytes, \
-    steps_per_epoch
+from .data import Data, EpochPlan, epoch_seed, group_batch, load_data, resident_bytes, steps_per_epoch
 from .errors import ConfigError, NonFiniteLoss, TrialError
 from .group import Group
 from .memory import MemoryTimeline, cuda_peak_metrics, forward_peak_mb, model_bytes
@@ -39,6 +38,7 @@ class Measurement:
     artifacts: dict = field(default_factory=dict)   # name.json -> JSON-able dict
     final: bool = False
     member: int = 0                    # index of the trial in train_group's list
+    replayed: bool = False             # an epoch done before this resume, from the checkpoint
 
 
 @dataclass
@@ -56,7 +56,11 @@ class Member:
     epoch: int = 0                     # epochs done
     generator: torch.Generator | None = None   # its own randomness, on the device
     bytes: tuple[int, int] = (0, 0)    # (parameter, buffer) bytes of its network
-    metrics: dict = field(default_factory=dict)   # its last epoch's
+    history: list = field(default_factory=list)   # every epoch's {"epoch", "metrics", "artifacts"}
+
+    @property
+    def metrics(self) -> dict:
+        return self.history[-1]["metrics"] if self.history else {}
 
 
 def available_cpus() -> int:
@@ -103,8 +107,10 @@ def train_group(cfgs: list[Config], checkpoint_dirs: list | None = None,
     """Train (or resume) the trials together. Per epoch of the group, yield a list with a
     Measurement for every member that trained it (and its final Measurement after its last
     epoch) and a MemberFailed for every member that left. Members may resume from different
-    epochs; each trains until its own last. `progress(epoch, step, steps)` is called about
-    100 times an epoch (epoch: the lowest of the members')."""
+    epochs; each trains until its own last. A resumed member first re-yields the epochs its
+    checkpoint holds (Measurement.replayed), so a caller can log any it missed.
+    `progress(epoch, step, steps)` is called about 100 times an epoch (epoch: the lowest
+    of the members')."""
     cfg = check_fusable(cfgs)
     device = resolve_device(cfg.device)
     # More OpenMP threads than free cores makes a CPU step 10-100x slower: match them.
@@ -121,6 +127,8 @@ def train_group(cfgs: list[Config], checkpoint_dirs: list | None = None,
                for i, (c, d) in enumerate(zip(cfgs, folders))]
     members.sort(key=lambda m: -m.cfg.width)      # one head shape (width) next to each other
     group, events = _resume(members, device)
+    events += [Measurement(h["epoch"], h["metrics"], None, h["artifacts"], member=m.index, replayed=True)
+               for m in members for h in m.history]
     if group is not None:
         events += [_final(group, i, data) for i in _done(group)]   # finished before: report
         group = group.without(_done(group))
@@ -149,7 +157,7 @@ def _resume(members: list[Member], device) -> tuple[Group | None, list]:
             continue
         if state is not None:
             net.load_state_dict(state["model"])
-            m.epoch = state["epoch"]
+            m.epoch, m.history = state["epoch"], state["history"]
         nets.append(net.to(device))
         momenta.append(state["momentum"] if state else {})
         ok.append(m)
@@ -181,17 +189,18 @@ def _epoch(group: Group, data: Data, steps: int, device, progress) -> tuple[Grou
     evaluated = evaluate(group, data)
     for i, m in enumerate(group.members):
         m.epoch += 1
-        m.metrics = {"train_loss": losses[i] / steps, "epoch_seconds": seconds, **memory,
-                     **evaluated.get(i, {})}
+        metrics = {"train_loss": losses[i] / steps, "epoch_seconds": seconds, **memory,
+                   **evaluated.get(i, {})}
         artifacts = {}
         if group.timeline is not None:
             artifacts["memory_timeline.json"] = _timeline_artifact(group.timeline, m)
-            m.metrics["forward_peak_memory_mb"] = forward_peak_mb(
+            metrics["forward_peak_memory_mb"] = forward_peak_mb(
                 artifacts["memory_timeline.json"], sum(m.bytes) + resident_bytes(data))
+        m.history.append({"epoch": m.epoch, "metrics": metrics, "artifacts": artifacts})
         saved = None
         if m.folder and (m.epoch % cfg.checkpoint_every == 0 or m.epoch == cfg.epochs):
-            saved = checkpoint.save(m.folder, m.epoch, m.cfg, *group.member_state(i))
-        events.append(Measurement(m.epoch, dict(m.metrics), saved, artifacts, member=m.index))
+            saved = checkpoint.save(m.folder, m.epoch, m.cfg, *group.member_state(i), m.history)
+        events.append(Measurement(m.epoch, dict(metrics), saved, artifacts, member=m.index))
     group.timeline = None
     return group, events
 
@@ -248,10 +257,7 @@ def _memory_metrics(group: Group, data: Data, device) -> dict:
         return {}
     m = group.members[0]
     peak = cuda_peak_metrics(device, sum(m.bytes) + resident_bytes(data))
-    if group.n == 1:
-        return peak
-    return {"group_peak_memory_mb": peak["peak_memory_mb"],
-            "gpu_total_memory_mb": peak["gpu_total_memory_mb"]}
+    return peak if group.n == 1 else {"group_peak_memory_mb": peak["peak_memory_mb"]}
 
 
 def evaluate(group: Group, data: Data) -> dict[int, dict]:
@@ -262,14 +268,14 @@ def evaluate(group: Group, data: Data) -> dict[int, dict]:
            if (m.epoch + 1) % cfg.eval_every == 0 or m.epoch + 1 == cfg.epochs]
     if not due:
         return {}
-    train_acc = accuracy(group, data.train_x, data.train_y)
-    test_acc = accuracy(group, data.test_x, data.test_y)
+    train_acc = accuracy(group, data, data.train_x, data.train_y)
+    test_acc = accuracy(group, data, data.test_x, data.test_y)
     return {i: {"train_accuracy": train_acc[i], "test_accuracy": test_acc[i],
                 "generalization_gap": train_acc[i] - test_acc[i]} for i in due}
 
 
 @torch.no_grad()
-def accuracy(group: Group, x_uint8: torch.Tensor, y: torch.Tensor) -> list[float]:
+def accuracy(group: Group, data: Data, x_uint8: torch.Tensor, y: torch.Tensor) -> list[float]:
     """Top-1 accuracy in % of every member, eval mode (BatchNorm running stats, no
     dropout, no augmentation); all members see the same images at once."""
     cfg, model = group.members[0].cfg, group.model
@@ -277,7 +283,7 @@ def accuracy(group: Group, x_uint8: torch.Tensor, y: torch.Tensor) -> list[float
     model.eval()
     correct = torch.zeros(group.n, dtype=torch.int64, device=y.device)
     for i in range(0, len(y), chunk):
-        x = normalize(x_uint8[i:i + chunk], group.dtype, cfg.image_size)
+        x = data.normalize(x_uint8[i:i + chunk], group.dtype, cfg.image_size)
         logits = torch.cat([lg for lg, _ in model(x.expand(group.n, *x.shape))])   # (N, b, C)
         correct += (logits.argmax(-1) == y[i:i + chunk]).sum(1)
     model.train()
@@ -308,7 +314,7 @@ def analyze(model, data: Data, cfg: Config) -> dict:
     for split, x, y in (("train", data.train_x, data.train_y), ("test", data.test_x, data.test_y)):
         idx = torch.cat([(y == c).nonzero()[:cfg.analysis_samples, 0] for c in (3, 5)])
         chunks = idx.split(max(1, EVAL_BATCH // (cfg.image_size // 32) ** 2))
-        feats = [torch.cat(f) for f in zip(*(model(normalize(x[c], dtype, cfg.image_size))[1]
+        feats = [torch.cat(f) for f in zip(*(model(data.normalize(x[c], dtype, cfg.image_size))[1]
                                            for c in chunks))]
         names = ["conv"] + [f"FC{k}" for k in range(1, len(feats))]
         acts = {n: f.float().cpu().numpy() for n, f in zip(names, feats)}

@@ -29,16 +29,27 @@ RAY_ENV = {"RAY_CHDIR_TO_TRIAL_DIR": "0",       # trials keep the driver's folde
 
 
 @dataclass
-class Job:
-    """What one Tune trial needs, all of it plain data (it is pickled to a worker)."""
+class Member:
+    """One trial of a group, as plain data (a Job is pickled to a worker)."""
     key: str
     name: str
     config: dict
     run_id: str
-    tracking_uri: str
     checkpoint_dir: str
+
+
+@dataclass
+class Job:
+    """What one Tune trial needs: a fused group of trials (a group of one: a solo trial)."""
+    name: str
+    members: list
+    tracking_uri: str
     threads: int
     tags: dict
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Job":
+        return cls(**{**d, "members": [Member(**m) for m in d["members"]]})
 
 
 def start_ray(address: str | None) -> dict:
@@ -76,29 +87,78 @@ def plan_resources(requested: dict | None, cluster: dict) -> tuple[dict, str | N
     return res, warning
 
 
-def run_trial(job: Job) -> None:
-    """The Tune trainable: train one trial, logging each epoch to MLflow and to Tune."""
-    from trainer.config import Config
-    from trainer.train import train
+def run_group(job: Job) -> None:
+    """The Tune trainable: train the group's trials together, each logging every epoch to
+    its own MLflow run; report the group's progress to Tune once per epoch.
 
-    logger = tracking.TrialLogger(job.tracking_uri, job.run_id)
-    logger.start({**job.tags, **where_am_i()})
+    A member that fails alone (a non-finite loss, an unusable checkpoint: trainer.errors)
+    is marked FAILED and the others go on; such a failure is not retried, since a retry
+    would repeat it. Anything else (a killed worker, an out-of-memory error) fails the
+    group, and Tune retries it (max_failures): each member resumes from its checkpoint.
+    A member FINISHED by an earlier attempt is not trained again.
+    """
+    from trainer.config import Config
+    from trainer.train import MemberFailed, train_group
+
+    names = [m.name for m in job.members]
+    loggers, members = {}, []
+    for m in job.members:
+        logger = tracking.TrialLogger(job.tracking_uri, m.run_id)
+        if logger.status() == "FINISHED":
+            continue
+        others = [n for n in names if n != m.name]
+        logger.start({**job.tags, **where_am_i(), "fused_with": ",".join(others) or "none",
+                      "fused_group_size": len(job.members)})
+        loggers[m.name] = logger
+        members.append(m)
+    if not members:
+        return
+    cfgs = [Config.from_dict({**m.config, "threads": job.threads}, source=m.name) for m in members]
+    running = {m.name for m in members}
+    started: set[str] = set()
     try:
-        cfg = Config.from_dict({**job.config, "threads": job.threads}, source=job.name)
-        for i, m in enumerate(train(cfg, job.checkpoint_dir)):
-            if i == 0:   # says whether this attempt resumed from a checkpoint, and from where
-                logger.tag("resumed_from_epoch", m.epoch - 1)
-            for name, obj in m.artifacts.items():
-                logger.log_json(name, obj)
-            if m.final:
-                logger.log_final(m.epoch, m.metrics)
-                break
-            logger.log_epoch(m.epoch, m.metrics)   # MLflow first: a crash before Tune hears
-            tune.report({"epoch": m.epoch, **m.metrics})   # of it only repeats the epoch
+        for events in train_group(cfgs, [m.checkpoint_dir for m in members]):
+            for event in events:
+                m = members[event.member]
+                logger = loggers[m.name]
+                if isinstance(event, MemberFailed):
+                    logger.finish("FAILED", error=_error_text(event.error))
+                    running.discard(m.name)
+                    continue
+                if m.name not in started and not event.replayed:
+                    started.add(m.name)      # whether this attempt resumed, and from where
+                    logger.tag("resumed_from_epoch", event.epoch - 1 if not event.final else event.epoch)
+                for name, obj in event.artifacts.items():
+                    logger.log_json(name, obj)
+                if event.final:
+                    logger.log_final(event.epoch, event.metrics)
+                    logger.finish("FINISHED")
+                    running.discard(m.name)
+                else:
+                    logger.log_epoch(event.epoch, event.metrics)   # MLflow first: a crash before
+            _report(events, len(running))                          # Tune hears only repeats it
     except BaseException as err:
-        logger.finish("FAILED", error="".join(traceback.format_exception(err)))
+        for name in running:
+            loggers[name].finish("FAILED", error=_error_text(err))
         raise
-    logger.finish("FINISHED")
+
+
+def _error_text(err: BaseException) -> str:
+    return "".join(traceback.format_exception(err))
+
+
+def _report(events: list, running: int) -> None:
+    """One Tune result per epoch of the group: the lowest epoch reached and the test
+    accuracies measured (Progress prints them)."""
+    epochs = [e.epoch for e in events if hasattr(e, "epoch") and not e.replayed]
+    if not epochs:
+        return
+    accs = [e.metrics["test_accuracy"] for e in events
+            if hasattr(e, "metrics") and not e.final and "test_accuracy" in e.metrics]
+    result = {"epoch": min(epochs), "members_running": running}
+    if accs:
+        result.update(test_accuracy_min=min(accs), test_accuracy_max=max(accs))
+    tune.report(result)
 
 
 def where_am_i() -> dict:
@@ -119,15 +179,16 @@ def where_am_i() -> dict:
 
 
 def tune_trial(params: dict) -> None:
-    run_trial(Job(**params["job"]))
+    run_group(Job.from_dict(params["job"]))
 
 
 class Progress(tune.Callback):
-    """One line per event: trials done/running/failed, and the reporting trial's epoch and
-    test accuracy. Tune's own table is switched off (verbose=0)."""
+    """One line per event: groups done/running/failed, and the reporting group's epoch and
+    its members' test accuracies. Tune's own table is switched off (verbose=0)."""
 
-    def __init__(self, total: int, epochs: dict[str, int], out=sys.stderr):
-        self.total, self.epochs, self.out = total, epochs, out
+    def __init__(self, jobs: list[Job], out=sys.stderr):
+        self.total, self.out = len(jobs), out
+        self.epochs = {j.name: j.members[0].config["epochs"] for j in jobs}
         self.done = self.failed = 0
         self.running: dict[str, str] = {}
         self.t0 = time.time()
@@ -138,15 +199,16 @@ class Progress(tune.Callback):
               f"{self.failed} failed | {text}", file=self.out, flush=True)
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        name = trial.config["job"]["name"]
-        self.running[trial.trial_id] = name
-        self._line(f"{name} started")
+        job = trial.config["job"]
+        self.running[trial.trial_id] = job["name"]
+        size = len(job["members"])
+        self._line(f"{job['name']} started" + (f" ({size} trials fused)" if size > 1 else ""))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        job = trial.config["job"]
-        acc = result.get("test_accuracy")
-        shown = f", test {acc:.1f}%" if acc is not None else ""
-        self._line(f"{job['name']} epoch {result.get('epoch')}/{self.epochs[job['key']]}{shown}")
+        name = trial.config["job"]["name"]
+        lo, hi = result.get("test_accuracy_min"), result.get("test_accuracy_max")
+        shown = "" if lo is None else f", test {lo:.1f}%" if lo == hi else f", test {lo:.1f}-{hi:.1f}%"
+        self._line(f"{name} epoch {result.get('epoch')}/{self.epochs[name]}{shown}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.running.pop(trial.trial_id, None)
@@ -156,15 +218,17 @@ class Progress(tune.Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         self.running.pop(trial.trial_id, None)
         self.failed += 1
-        self._line(f"{trial.config['job']['name']} FAILED (error in MLflow tag 'error' and "
-                   f"{trial.local_path})")
+        runs = ", ".join(m["run_id"] for m in trial.config["job"]["members"])
+        self._line(f"{trial.config['job']['name']} FAILED: the error is the 'error' tag of MLflow "
+                   f"run(s) {runs}")
 
 
 def run_jobs(jobs: list[Job], sweep_name: str, resources: dict, storage: str,
-             max_failures: int, max_concurrent: int) -> dict:
-    """Run the jobs on Ray Tune; returns {"finished": n, "failed": [names]}."""
+             max_failures: int, max_concurrent: int) -> None:
+    """Run the jobs (one Tune trial each) on Ray Tune. Each member's outcome is in its MLflow
+    run; the caller reads it from there."""
     if not jobs:
-        return {"finished": 0, "failed": []}
+        return
     trainable = tune.with_resources(tune_trial, resources)
     tuner = tune.Tuner(
         trainable,
@@ -177,12 +241,10 @@ def run_jobs(jobs: list[Job], sweep_name: str, resources: dict, storage: str,
             name=f"{sweep_name}-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=str(Path(storage) / "tune"),
             failure_config=tune.FailureConfig(max_failures=max_failures),
-            callbacks=[Progress(len(jobs), {j.key: j.config["epochs"] for j in jobs})],
+            callbacks=[Progress(jobs)],
             verbose=0),
     )
-    results = tuner.fit()
-    failed = [r.config["job"]["name"] for r in results if r.error is not None]
-    return {"finished": len(jobs) - len(failed), "failed": failed}
+    tuner.fit()
 
 
 def default_storage() -> str:

@@ -11,9 +11,10 @@ Schema (top-level keys; only `name` is required):
     extra:                    # optional: trials the product cannot express, each base + overrides
       - {arch: vgg16}
     seeds: [0]                # every trial (grid and extra) runs once per seed
-    resources: {cpu: 4, gpu: 1}   # per trial; omitted = the driver decides (one GPU where GPUs exist)
-    max_failures: 2           # retries of a failed trial, each from its last checkpoint
-    max_concurrent: 0         # trials at once; 0 = as many as resources allow
+    fuse: 8                   # at most this many trials train as one fused group (1 = each alone)
+    resources: {cpu: 4, gpu: 1}   # per Tune trial (a fused group); omitted = the driver decides
+    max_failures: 2           # retries of a failed group, each member from its last checkpoint
+    max_concurrent: 0         # groups at once; 0 = as many as resources allow
     tracking_uri: null        # MLflow store; null = mlflow.db where `run` starts (CLI flags override)
     storage_path: null        # checkpoint folder every node mounts; null = ./ray_results
     reproduces: [table1, table2]  # artefacts `tables` renders from this sweep's runs
@@ -24,9 +25,11 @@ only through `seeds`. Every trial is validated by `Config.from_dict` before anyt
 launches; every error is a `SweepError` naming the file, the key and what is allowed.
 
 `expand()` is the one function that turns a sweep into trials, for `run`, `plan`,
-`--dry-run` and the tests. A trial's key hashes its full config, so it does not depend on
-the order of trials or on the other values of an axis: adding a value to an axis keeps
-every existing trial's key (and so its finished MLflow run).
+`--dry-run` and the tests. A trial's key hashes its identity (its config's non-default
+values, less how it executes: see `trial_key`), so it does not depend on the order of
+trials or on the other values of an axis: adding a value to an axis keeps every existing
+trial's key (and so its finished MLflow run). How trials are grouped for fused training
+is decided later, over the trials still to run (orchestrator/run/plan.py).
 """
 from __future__ import annotations
 
@@ -42,7 +45,7 @@ import yaml
 
 from trainer.config import DEFAULTS, IDENTITY, TYPES, Config, ConfigError, check_type
 
-TOP_LEVEL = ("name", "description", "base", "grid", "extra", "seeds", "resources",
+TOP_LEVEL = ("name", "description", "base", "grid", "extra", "seeds", "fuse", "resources",
              "max_failures", "max_concurrent", "tracking_uri", "storage_path", "reproduces")
 ARTEFACTS = ("table1", "table2", "table3", "table4", "table5", "memory_peaks",
              "figure3", "figure4", "figure5")
@@ -63,6 +66,7 @@ class Sweep:
     grid: dict = field(default_factory=dict)            # key -> list of values (product, file order)
     extra: list = field(default_factory=list)           # override dicts on base, appended as trials
     seeds: list = field(default_factory=lambda: [0])
+    fuse: int = 8                                       # largest fused group; 1 = every trial alone
     resources: dict | None = None                       # {cpu: N, gpu: F}; None = driver default
     max_failures: int = 2
     max_concurrent: int = 0                             # 0 = no limit
@@ -262,6 +266,11 @@ def _check_top_level(doc: dict, file: str) -> None:
     for key in ("max_failures", "max_concurrent"):
         if doc.get(key) is not None:
             _check_count(doc[key], key, file)
+    if doc.get("fuse") is not None:
+        _check_count(doc["fuse"], "fuse", file)
+        if doc["fuse"] < 1:
+            raise SweepError(f"{file}: fuse={doc['fuse']}; use 1 (every trial alone) or more "
+                             f"(at most that many trials train together)")
     if doc.get("resources") is not None:
         _check_resources(doc["resources"], file)
     _check_type(doc.get("base") or {}, dict, "base", file)

@@ -172,12 +172,16 @@ class TrialLogger:
 
     def __init__(self, uri: str, run_id: str):
         self.c, self.run_id = client(uri), run_id
-        self.last_logged = self._last_logged_epoch()
+        self.logged = self._logged_epochs()
 
     @_retry
-    def _last_logged_epoch(self) -> int:
-        history = self.c.get_metric_history(self.run_id, "train_loss")
-        return max((m.step for m in history), default=0)
+    def _logged_epochs(self) -> set[int]:
+        """The epochs this run already holds (every epoch logs train_loss)."""
+        return {m.step for m in self.c.get_metric_history(self.run_id, "train_loss")}
+
+    @_retry
+    def status(self) -> str:
+        return self.c.get_run(self.run_id).info.status
 
     @_retry
     def start(self, tags: dict) -> None:
@@ -190,15 +194,16 @@ class TrialLogger:
 
     @_retry
     def log_epoch(self, epoch: int, metrics: dict) -> None:
-        """Per-epoch metrics at step=epoch, unless this run already holds that epoch (the
-        trial resumed from an older checkpoint than its last logged epoch)."""
-        if epoch <= self.last_logged:
+        """Per-epoch metrics at step=epoch, unless this run already holds that epoch (a
+        resumed trial re-yields the epochs in its checkpoint, so one that never reached
+        MLflow is logged now: no gap, and no duplicate)."""
+        if epoch in self.logged:
             return
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, epoch) for k, v in metrics.items()]
         batch.append(Metric("last_epoch", float(epoch), now, epoch))
         self.c.log_batch(self.run_id, metrics=batch)
-        self.last_logged = epoch
+        self.logged.add(epoch)
 
     @_retry
     def log_final(self, epoch: int, metrics: dict) -> None:

@@ -1,0 +1,139 @@
+"""Peak GPU memory of a training step, forecast on any machine (a CPU is enough) before launch.
+
+    f = forecast([cfg])             # one trial; forecast(cfgs) for a fused group
+    f.peak_mb, f.dynamic_peak_mb, f.forward_peak_mb, f.model_mb
+
+It runs the trainer's own step (trainer/group.py: the same model, objective and optimizer
+code, and trainer/data.py's batch assembly) on fake tensors (torch's FakeTensorMode: shapes,
+dtypes and storages, no data, no arithmetic), and counts every storage the step creates as
+CUDA's caching allocator does: each rounded up to 512 bytes, freed when its last tensor
+dies. Fake CUDA tensors cannot run backward without a GPU, so the fake tensors are CPU
+ones; the allocations are the same aten ops' outputs either way.
+
+What it counts, as `torch.cuda.max_memory_allocated` would over a steady-state step (the
+second one, after SGD's momentum buffers exist): parameters and buffers, the dataset held
+on the device, the epoch's draws, the batch, activations kept for backward, gradients,
+momentum and every temporary. What it cannot see: cuDNN/cuBLAS workspaces (allocated
+inside library calls), the CUDA context (~0.3-0.5 GB, outside the allocator),
+fragmentation, and the extra memory cudnn.benchmark tries in the first steps. The packer
+(orchestrator/run/plan.py) adds headroom for those.
+"""
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+from torch.utils.weak import WeakIdKeyDictionary
+
+from .config import DATASET_SIZES, Config
+from .data import Data, EpochPlan, group_batch
+from .memory import MB, model_bytes
+from .model import build_model
+
+BLOCK = 512          # CUDA's caching allocator hands out multiples of 512 bytes
+
+
+def _rounded(nbytes: int) -> int:
+    return -(-nbytes // BLOCK) * BLOCK
+
+
+class AllocationCounter(TorchDispatchMode):
+    """Bytes alive (and their peak) of every storage created while active, each rounded up
+    to 512 bytes and freed when the storage is garbage-collected."""
+
+    def __init__(self):
+        super().__init__()
+        self.live = self.peak = 0
+        self._seen = WeakIdKeyDictionary()
+
+    def track(self, t: torch.Tensor) -> None:
+        storage = t.untyped_storage()
+        if storage in self._seen:
+            return
+        size = _rounded(storage.nbytes())
+        self._seen[storage] = weakref.ref(storage, lambda _, size=size: self._free(size))
+        self.live += size
+        self.peak = max(self.peak, self.live)
+
+    def _free(self, size: int) -> None:
+        self.live -= size
+
+    def reset_peak(self) -> None:
+        self.peak = self.live
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.track(t)
+        return out
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """Bytes of one training step of a trial (or of a fused group) on CUDA."""
+    model: int           # parameters + buffers of the networks (Table 5's bytes, unrounded)
+    data: int            # the dataset kept on the device (uint8 images, int64 labels)
+    peak: int            # the step's peak allocated bytes, model and data included
+    forward_peak: int    # the peak before backward starts (forward pass and regularizer)
+
+    @property
+    def model_mb(self) -> float:
+        return self.model / MB
+
+    @property
+    def peak_mb(self) -> float:
+        return self.peak / MB
+
+    @property
+    def dynamic_peak_mb(self) -> float:
+        """As the trainer measures it: peak minus what stays resident (model and data)."""
+        return (self.peak - self.model - self.data) / MB
+
+    @property
+    def forward_peak_mb(self) -> float:
+        return (self.forward_peak - self.model - self.data) / MB
+
+    def as_dict(self) -> dict:
+        return {"model_mb": self.model_mb, "peak_mb": self.peak_mb,
+                "dynamic_peak_mb": self.dynamic_peak_mb, "forward_peak_mb": self.forward_peak_mb}
+
+
+def forecast(cfgs: list[Config], steps: int = 2) -> Forecast:
+    """The peak of step `steps` (steady state) of these trials trained as one group."""
+    from .group import Group            # local: group imports the trainer's step
+    from .train import Member, check_fusable
+
+    cfg = check_fusable(cfgs)
+    members = sorted((Member(i, c, None) for i, c in enumerate(cfgs)), key=lambda m: -m.cfg.width)
+    n_train = cfg.train_samples or DATASET_SIZES[cfg.dataset][0]
+    n_test = cfg.test_samples or DATASET_SIZES[cfg.dataset][1]
+    counter = AllocationCounter()
+    with FakeTensorMode(), counter:
+        data = Data(torch.empty(n_train, 3, 32, 32, dtype=torch.uint8),
+                    torch.empty(n_train, dtype=torch.int64),
+                    torch.empty(n_test, 3, 32, 32, dtype=torch.uint8),
+                    torch.empty(n_test, dtype=torch.int64), cfg.num_classes)
+        nets = [build_model(m.cfg) for m in members]
+        model = sum(sum(model_bytes(net)) for net in nets)
+        for m in members:
+            m.generator = torch.Generator()
+        group = Group(members, nets, [{} for _ in members])
+        del nets                        # the group holds its own stacked copies
+        plan = EpochPlan.draw([m.generator for m in members], n_train, steps, cfg.batch_size,
+                              cfg.augment)
+        dtype = getattr(torch, cfg.dtype)
+        for step in range(steps):
+            counter.reset_peak()
+            x, y = group_batch(data, plan, step, cfg.batch_size, dtype, cfg.image_size)
+            losses = group.losses(x, y)
+            forward_peak = counter.peak
+            group.update(losses)
+            del x, y, losses
+    data_bytes = sum(t.numel() * t.element_size()
+                     for t in (data.train_x, data.train_y, data.test_x, data.test_y))
+    return Forecast(model, data_bytes, counter.peak, forward_peak)
