@@ -9,7 +9,8 @@ from pathlib import Path
 
 from trainer.config import Config
 
-from .run.plan import fuse_groups, group_name
+from .run.packing import PackingError, needed_bytes, pack
+from .run.plan import fuse_groups, group_forecast, group_name
 from .run.sweep import SweepError, Sweep, Trial, apply_overrides, expand, load_sweep
 
 # CPU cost model for the "paper-size sweep on CPU" guard: forward GFLOP per 32x32 image of
@@ -115,12 +116,17 @@ def launch(plan: RunPlan, args) -> int:
 
     sweep, uri = plan.sweep, plan.uri
     cluster = driver.start_ray(args.address)
-    resources, warning = driver.plan_resources(sweep.resources, cluster)
-    print(f"on: Ray cluster with {cluster.get('CPU', 0):g} CPUs, {cluster.get('GPU', 0):g} GPUs;"
-          f" per group {resources}")
-    if warning:
+    nodes = driver.cluster_nodes(args.gpu_memory)
+    placements, warnings = pack(plan.groups, group_forecast, nodes, sweep.resources)
+    asks = sorted({json.dumps(p.resources, sort_keys=True) for p in placements})
+    print(f"on: Ray cluster with {cluster.get('CPU', 0):g} CPUs, {cluster.get('GPU', 0):g} GPUs; "
+          f"{len(placements)} group(s), each asking for {' or '.join(asks)}"
+          + ("" if sweep.resources else " (sized from the memory forecast)" if nodes and
+             any(n.gpus for n in nodes) else ""))
+    for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     todo = [t for g in plan.groups for t in g]
+    resources = placements[0].resources
     if not resources.get("gpu"):
         hours = cpu_hours(todo, resources.get("cpu", 1), cluster.get("CPU", 1))
         if hours > CPU_HOURS_NEEDING_YES and not args.yes:
@@ -132,18 +138,17 @@ def launch(plan: RunPlan, args) -> int:
     experiment_id = tracking.ensure_experiment(uri, sweep.name)
     tags = tracking.provenance_tags()
     storage = Path(sweep.storage_path or driver.default_storage()).resolve()
-    threads = max(1, int(resources.get("cpu", 1)))
     jobs = []
-    for group in plan.groups:
-        members = []
+    for placement in placements:
+        group, members = placement.group, []
         for t in group:
             run_id = (plan.states[t.key].run_id if t.key in plan.states
                       else tracking.create_run(uri, experiment_id, t, sweep, tags))
             config = {**t.config, "data_dir": str(Path(t.config["data_dir"]).resolve())}
             members.append(driver.Member(t.key, t.name, config, run_id, str(storage / sweep.name / t.key)))
-        jobs.append(driver.Job(group_name(group), members, uri, threads, tags))
-    driver.run_jobs(jobs, sweep.name, resources, str(storage), sweep.max_failures,
-                    sweep.max_concurrent)
+        threads = max(1, int(placement.resources.get("cpu", 1)))
+        jobs.append(driver.Job(group_name(group), members, uri, threads, tags, placement.resources))
+    driver.run_jobs(jobs, sweep.name, str(storage), sweep.max_failures, sweep.max_concurrent)
 
     after = tracking.runs_by_key(uri, sweep.name)
     failed = [t.name for t in todo if after.get(t.key) is None or after[t.key].status != "FINISHED"]
@@ -177,18 +182,32 @@ def _state(s) -> str:
 
 
 def cmd_plan(args) -> int:
+    """Every trial, its state, and the fused groups `run` would launch with their memory
+    forecast (no Ray, nothing written)."""
     plan = make_plan(args)
-    group_of = {t.key: i + 1 for i, g in enumerate(plan.groups) for t in g}
     print(f"sweep {plan.sweep.name}: {plan.sweep.description.strip()}\n{len(plan.trials)} trials, "
-          f"tracking {plan.uri}; the trials to run train in {len(plan.groups)} group(s) "
-          f"(fuse: {plan.sweep.fuse})\n")
+          f"tracking {plan.uri}\n")
     print(f"{'trial':<28} {'key':<13} {'state':<10} {'epoch':>9} {'steps':>12} {'group':>6}")
+    group_of = {t.key: i + 1 for i, g in enumerate(plan.groups) for t in g}
     for t in plan.trials:
         s = plan.states.get(t.key)
         epoch = f"{s.last_epoch if s else 0}/{t.config['epochs']}"
         group = f"g{group_of[t.key]}" if t.key in group_of else "-"
         print(f"{t.name:<28} {t.key:<13} {_state(s):<10} {epoch:>9} "
               f"{steps_per_trial(t.config):>12,} {group:>6}")
+    if not plan.groups:
+        return 0
+    print(f"\n{len(plan.groups)} group(s) to run (fuse: {plan.sweep.fuse}); GPU memory of one "
+          f"training step, forecast on this machine (MB):", flush=True)
+    print(f"{'group':>6} {'trials':>6} {'model':>8} {'peak':>8} {'dynamic':>8} {'forward':>8} "
+          f"{'a GPU share needs':>18}  first trial")
+    for i, group in enumerate(plan.groups, 1):
+        f = group_forecast(group)
+        print(f"{'g' + str(i):>6} {len(group):>6} {f.model_mb:>8,.0f} {f.peak_mb:>8,.0f} "
+              f"{f.dynamic_peak_mb:>8,.0f} {f.forward_peak_mb:>8,.0f} "
+              f"{needed_bytes(f) / 1e9:>15.1f} GB  {group[0].name}")
+    print("peak: model + data on the GPU + the step; dynamic: peak - model - data. A share adds "
+          "headroom for what a forecast cannot see (CUDA context, library workspaces).")
     return 0
 
 
@@ -254,6 +273,9 @@ def parser() -> argparse.ArgumentParser:
                                      "(default: the sweep's storage_path, else ./ray_results)")
     r.add_argument("--max-concurrent", type=int, help="trials at once (default: the sweep's)")
     r.add_argument("--resources", help='per-trial resources as JSON, e.g. \'{"cpu": 2, "gpu": 0.25}\'')
+    r.add_argument("--gpu-memory", type=float, metavar="GB",
+                   help="memory of each GPU in GB (1e9 bytes), to size GPU shares without "
+                        "asking the cluster (default: read on each GPU node)")
     r.add_argument("--dry-run", action="store_true", help="say what would run; launch nothing")
     r.add_argument("--yes", action="store_true", help="start a paper-size sweep even on CPUs only")
     r.set_defaults(fn=cmd_run)
@@ -277,6 +299,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (SweepError, json.JSONDecodeError) as err:
+    except (SweepError, PackingError, json.JSONDecodeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -25,10 +25,12 @@ def conv_section(divisor: int = 1) -> tuple[int, int]:
     return params, buffers
 
 
-def expected_bytes(arch: str, width: int, classes: int = 10, divisor: int = 1) -> tuple[int, int]:
-    """Bytes computed from the layer widths alone, independently of trainer/model.py."""
+def expected_bytes(arch: str, width: int, classes: int = 10, divisor: int = 1,
+                   image_size: int = 32) -> tuple[int, int]:
+    """Bytes computed from the layer widths alone, independently of trainer/model.py. At
+    224x224 the 7x7x512 conv output is flattened into the first FC layer."""
     params, buffers = conv_section(divisor)
-    d = 512 // divisor
+    d = 512 // divisor * (image_size // 32) ** 2
     if arch == "vgg16":
         h = 4096 // divisor
         return params + (d * h + h + h * h + h + h * classes + classes) * F32, buffers
@@ -64,15 +66,16 @@ def test_table5_w16_w8_are_the_k16w_chain_and_differ_from_paper_as_documented(wi
     assert paper_buffers - ours[1] == extra_units * 2 * F32    # running mean + var
 
 
-def test_table5_rows_put_ours_beside_the_paper():
-    rows = {r["model"]: r for r in table5_rows()}
-    assert list(rows) == ["vgg16", "bottleneck_w32", "bottleneck_w16", "bottleneck_w8"]
-    for name, (paper_params, paper_buffers) in PAPER_TABLE5.items():
-        r = rows[name]
+def test_table5_rows_put_ours_beside_the_paper_and_add_the_224_models():
+    rows = {(r["model"], r["image_size"]): r for r in table5_rows()}
+    assert list(rows) == [(m, s) for s in (32, 224) for m in PAPER_TABLE5]
+    for (name, size), r in rows.items():
         arch, _, w = name.partition("_w")
-        assert (r["param_bytes"], r["buffer_bytes"]) == expected_bytes(arch, int(w or 32))
-        assert (r["paper_param_bytes"], r["paper_buffer_bytes"]) == (paper_params, paper_buffers)
+        assert (r["param_bytes"], r["buffer_bytes"]) == expected_bytes(arch, int(w or 32), image_size=size)
+        paper = PAPER_TABLE5[name] if size == 32 else (None, None)    # Table 5 is the 32 px model
+        assert (r["paper_param_bytes"], r["paper_buffer_bytes"]) == paper
         assert r["total_bytes"] == r["param_bytes"] + r["buffer_bytes"]
+    assert rows[("vgg16", 224)]["param_bytes"] == 537_239_848    # FC1 alone: 25,088 x 4,096
 
 
 @pytest.mark.parametrize("arch,width,classes,divisor", [

@@ -37,7 +37,10 @@ def test_write_results_renders_everything_and_attaches_figures(store, tmp_path):
     # The smoke-like batch-16 rows count too: W=16 measured (45 > 40), the rest failed/running/not run.
     assert ("in every CIFAR-10 cell (Table 1) | 9 of 9 | 1 of 1 (11 missing) | **open (cells missing)** |"
             in text)
-    assert "| Bottleneck model memory is under 50% of VGG16's for every W (Table 5) | 3 of 3 | 1 of 1 (2 missing)" in text
+    # Table 5 is the model code's bytes; the memory table forecasts the profiled (timeline) run
+    assert "| Bottleneck model memory is under 50% of VGG16's for every W (Table 5) | 3 of 3 | 3 of 3 |" in text
+    peaks = (out / "memory_peaks.md").read_text()
+    assert "| Bottleneck W=16, batch 16 | " in peaks and "(forecast)" in peaks
     client = mlflow.MlflowClient(tracking_uri=uri)
     logged = {f.path for f in client.list_artifacts(ids[1], "figures")}
     assert logged == {"figures/figure3_bottleneck-w16-b16-reg.png", "figures/figure4_synthetic-w16-b16-s0.png",
@@ -50,9 +53,10 @@ def test_write_results_by_experiment_name_renders_what_runs_support(store, tmp_p
     uri, _ = store
     written = report.write_results(["fake-smoke"], uri, formats=("csv",), out_dir=tmp_path)
     names = {p.name for p in written}
-    assert {"table1.csv", "table3.csv", "table5.csv", "report.md"} <= names
+    assert {"table1.csv", "table3.csv", "report.md"} <= names
     assert "table4.csv" not in names          # no 100-class run
-    assert "memory_peaks.csv" in names        # batch-16 runs exist; cells say why memory is missing
+    assert "table5.csv" not in names          # the model code's bytes alone: only when asked for
+    assert "memory_peaks.csv" in names        # a profiled run exists; cells say why memory is missing
 
 
 @pytest.fixture

@@ -3,17 +3,21 @@ import dataclasses
 import pathlib
 import textwrap
 
+import hashlib
+import json
+
 import pytest
 
-from orchestrator.run.sweep import Sweep, SweepError, apply_overrides, expand, load_sweep
+from orchestrator.run.sweep import Sweep, SweepError, apply_overrides, expand, load_sweep, trial_key
+from trainer.config import Config
 
 SWEEPS = pathlib.Path(__file__).resolve().parents[1] / "sweeps"
 
 # file -> (trials, artefacts): counts follow the paper's grids (see each file's header)
 SHIPPED = {
-    "table1.yaml": (18, ["table1", "table2"]),    # 3 W x 3 batch x reg off/on
+    "table1.yaml": (54, ["table1", "table2"]),    # 3 W x 3 batch x reg off/on x 3 seeds
     "table3.yaml": (5, ["table3", "table5"]),     # 5 batch sizes, vanilla VGG16
-    "table4.yaml": (7, ["table4"]),               # 3 W x reg off/on + vanilla baseline
+    "table4.yaml": (21, ["table4"]),              # (3 W x reg off/on + vanilla baseline) x 3 seeds
     "table5.yaml": (8, ["table5", "memory_peaks", "figure3"]),  # 2 batch x (3 W + vanilla)
     "figure4.yaml": (2, ["figure4", "figure5"]),  # reg off/on
     "smoke.yaml": (8, ["table1", "table2"]),      # 2 W x 2 batch x reg off/on
@@ -44,18 +48,19 @@ def test_shipped_sweep_expands(file):
 
 def test_table1_names_and_order():
     trials = expand(load_sweep(SWEEPS / "table1.yaml"))
-    assert [t.name for t in trials[:3]] == ["w32-b9-noreg-s0", "w32-b9-reg-s0", "w32-b7-noreg-s0"]
-    assert trials[-1].name == "w8-b5-reg-s0"
+    assert [t.name for t in trials[:4]] == ["w32-b9-noreg-s0", "w32-b9-noreg-s1", "w32-b9-noreg-s2",
+                                            "w32-b9-reg-s0"]
+    assert trials[-1].name == "w8-b5-reg-s2"
     assert trials[0].axes == {"width": 32, "batch_size": 9, "regularizer": False, "seed": 0}
     assert trials[0].config["dataset"] == "cifar10" and trials[0].config["epochs"] == 200
 
 
 def test_extra_trials_are_appended():
     trials = expand(load_sweep(SWEEPS / "table4.yaml"))
-    vanilla = trials[-1]
-    assert vanilla.name == "vgg16-b5-noreg-s0"
-    assert vanilla.config["arch"] == "vgg16" and vanilla.config["dataset"] == "cifar100"
-    assert [t.config["arch"] for t in trials[:-1]] == ["bottleneck"] * 6
+    vanilla = trials[-3:]
+    assert [v.name for v in vanilla] == ["vgg16-b5-noreg-s0", "vgg16-b5-noreg-s1", "vgg16-b5-noreg-s2"]
+    assert all(v.config["arch"] == "vgg16" and v.config["dataset"] == "cifar100" for v in vanilla)
+    assert [t.config["arch"] for t in trials[:-3]] == ["bottleneck"] * 18
 
 
 def test_keys_are_stable():
@@ -70,9 +75,9 @@ def test_keys_are_stable():
     assert len({k for n, k in after.items() if n.startswith("w4-")} & set(before.values())) == 0
     # adding a value (or a seed) keeps every existing trial's key
     grown = dataclasses.replace(sweep, grid={**sweep.grid, "batch_size": [9, 7, 5, 3]},
-                                seeds=[0, 1])
+                                seeds=[0, 1, 2, 3])
     grown_keys = {t.key for t in expand(grown)}
-    assert set(before.values()) <= grown_keys and len(grown_keys) == 2 * 24
+    assert set(before.values()) <= grown_keys and len(grown_keys) == 4 * 24
 
 
 def test_overrides_replace_file_values():
@@ -164,9 +169,24 @@ def test_good_case_loads(tmp_path):
     assert (sweep.seeds, sweep.resources, sweep.max_failures, sweep.max_concurrent) == ([0], None, 2, 0)
 
 
-def test_expand_is_pure_on_a_built_sweep():
+def test_expand_orders_grid_then_seeds_and_keys_name_the_identity():
     sweep = Sweep(name="inline", base={"dataset": "synthetic"}, grid={"batch_size": [2, 4]},
                   seeds=[0, 1])
-    names = [t.name for t in expand(sweep)]
-    assert names == ["w32-b2-noreg-s0", "w32-b2-noreg-s1", "w32-b4-noreg-s0", "w32-b4-noreg-s1"]
-    assert expand(sweep) == expand(sweep)
+    trials = expand(sweep)
+    assert [t.name for t in trials] == ["w32-b2-noreg-s0", "w32-b2-noreg-s1", "w32-b4-noreg-s0",
+                                        "w32-b4-noreg-s1"]
+    # the key is sha256 of the non-default identity values, sorted: stable across releases
+    expected = hashlib.sha256(json.dumps({"batch_size": 2, "seed": 1}, sort_keys=True,
+                                         separators=(",", ":")).encode()).hexdigest()[:12]
+    assert trials[1].key == expected
+    assert trials[0].config["data_dir"] == "./data" and trials[0].config["seed"] == 0
+
+
+@pytest.mark.parametrize("change,same", [
+    (dict(device="cuda"), True), (dict(threads=4), True), (dict(data_dir="/mnt/data"), True),
+    (dict(eval_every=5), True), (dict(compile="default"), True),
+    (dict(seed=1), False), (dict(epochs=3), False), (dict(memory_timeline=True), False),
+], ids=lambda v: str(v))
+def test_how_a_trial_executes_is_not_part_of_its_key(change, same):
+    base = Config.from_dict({"dataset": "synthetic", "batch_size": 5}).to_dict()
+    assert (trial_key({**base, **change}) == trial_key(base)) is same

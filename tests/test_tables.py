@@ -39,7 +39,7 @@ def test_prepare_keeps_latest_run_of_a_trial_key():
     ("partial", [fake_run(1, metrics=acc(80)), fake_run(2, seed=1, status="RUNNING")],
      "test_accuracy", (80.0, None, 1, "1 running")),
     ("CPU run has no peak memory", [fake_run(1, metrics=acc(80))], "peak_memory_mb",
-     (None, None, 0, "not measured: CUDA only, CPU run")),
+     (None, None, 0, "needs CUDA: a CPU run")),
 ])
 def test_summarize(name, rows, metric, expected):
     cell = cells.summarize(frame(*rows), metric, arch="bottleneck", width=32, batch_size=9)
@@ -139,20 +139,41 @@ def test_table4_baseline_row_and_bold():
     assert "| Without regularizer | **5.00** (n=1) | **5.10** |" in md   # lower gap wins, as in the paper
 
 
-def test_table5_bytes_and_memory_peaks_reasons():
-    bytes_ = {"model_param_bytes": 62059304, "model_buffer_bytes": 49848}
-    runs = frame(fake_run(1, batch_size=16, regularizer=True, metrics=bytes_),
-                 fake_run(2, batch_size=7, metrics=bytes_),
-                 fake_run(3, arch="vgg16", batch_size=16,
+def test_table5_is_the_model_codes_bytes_beside_the_papers():
+    computed = tables.Computed({"vgg16": (134586664, 33896), "bottleneck_w32": (62059304, 49848)})
+    md = render.to_markdown(tables.table5(frame(), PAPER, computed))
+    assert ("| Total | 134,620,560 (model code) | 134,620,560 | 62,109,152 (model code) | 62,109,152 | "
+            "— (not computed) | 60,524,000 | — (not computed) | 60,123,872 |") in md
+    assert not tables.supported(tables.table5(frame(), PAPER, computed))   # no run behind it
+
+
+class FakeForecast:
+    def __init__(self, dynamic, forward, model):
+        self.dynamic_peak_mb, self.forward_peak_mb, self.model_mb = dynamic, forward, model
+
+
+def test_memory_peaks_puts_forecast_and_measured_beside_the_paper():
+    timed = dict(memory_timeline=True, image_size=224)
+    runs = frame(fake_run(1, arch="vgg16", batch_size=16, **timed,
                           metrics={"model_param_bytes": 134586664, "model_buffer_bytes": 33896,
-                                   "peak_memory_mb": 900.0, "dynamic_peak_memory_mb": 380.0}))
-    md = render.to_markdown(tables.table5(runs, PAPER))
-    assert ("| Total | 134,620,560 (n=1) | 134,620,560 | 62,109,152 (n=2) | 62,109,152 | "
-            "— (not run) | 60,524,000 | — (not run) | 60,123,872 |") in md
-    peaks = render.to_markdown(tables.memory_peaks(runs, PAPER))
-    assert "| VGG16, batch 16 | 380 (n=1) | 2,280 | — (not logged by the trainer) | 1,820 | 900 (n=1) | — |" in peaks
-    assert ("| Bottleneck, batch 16 | — (not measured: CUDA only, CPU run) | 1,750 | "
-            "— (not logged by the trainer) | 1,600 | — (not measured: CUDA only, CPU run) | — |") in peaks
+                                   "peak_memory_mb": 3000.0, "dynamic_peak_memory_mb": 2300.0,
+                                   "forward_peak_memory_mb": 1900.0}),
+                 fake_run(2, batch_size=16, regularizer=True, **timed,
+                          metrics={"model_param_bytes": 62059304, "model_buffer_bytes": 49848}),
+                 fake_run(3, arch="vgg16", batch_size=16, metrics={"dynamic_peak_memory_mb": 99.0}))  # no timeline
+    computed = tables.Computed(forecasts={("vgg16", 16, None): FakeForecast(2416.0, 1945.0, 512.0),
+                                          ("bottleneck", 7, 32): FakeForecast(999.0, 899.0, 107.0)})
+    table = tables.memory_peaks(runs, PAPER, computed)
+    assert [r.label for r in table.rows] == ["VGG16, batch 16", "Bottleneck W=32, batch 16",
+                                            "Bottleneck W=32, batch 7"]
+    md = render.to_markdown(table)
+    total = 2300 + 134620560 / 2 ** 20
+    assert (f"| VGG16, batch 16 | 2,416 (forecast) | 2,280 | 2,300 (n=1) | 2,280 | 1,945 (forecast) | 1,820 | "
+            f"1,900 (n=1) | 1,820 | 2,928 (forecast) | — | {total:,.0f} (n=1) | — |") in md
+    assert ("| Bottleneck W=32, batch 16 | — (not forecast: no trial of this configuration) | 1,750 | "
+            "— (needs CUDA: a CPU run) | 1,750 |") in md
+    assert "| Bottleneck W=32, batch 7 | 999 (forecast) | 800 | — (needs CUDA: not measured on a GPU yet) |" in md
+    assert any("cannot produce that gap" in n for n in table.notes)
 
 
 def test_smoke_runs_add_rows_and_notes():

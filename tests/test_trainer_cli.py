@@ -26,8 +26,8 @@ def test_memory_json_has_table5_rows():
     out = trainer("memory", "--format", "json")
     assert out.returncode == 0, out.stderr
     rows = json.loads(out.stdout)
-    assert [r["model"] for r in rows] == list(PAPER_TABLE5)
-    by_model = {r["model"]: r for r in rows}
+    assert [r["model"] for r in rows] == list(PAPER_TABLE5) * 2          # 32 px, then 224 px
+    by_model = {r["model"]: r for r in rows if r["image_size"] == 32}
     assert by_model["vgg16"]["param_bytes"] == 134_586_664
     assert by_model["bottleneck_w32"]["buffer_bytes"] == 49_848
 
@@ -45,6 +45,16 @@ def test_a_tiny_run_writes_history_and_final_measurements(tmp_path):
     assert {"model_param_bytes", "model_buffer_bytes"} <= set(written["final"])
     assert "peak_memory_mb" not in written["final"]
     assert "epoch 2/2" in out.stderr                                   # progress and epochs
+
+
+def test_forecast_prints_the_four_numbers_as_json():
+    out = trainer("memory", "--forecast", "--arch", "vgg16", "--batch-size", "16", "--image-size",
+                  "224", "--format", "json")
+    assert out.returncode == 0, out.stderr
+    numbers = json.loads(out.stdout)
+    assert numbers["config"]["image_size"] == 224 and numbers["config"]["arch"] == "vgg16"
+    assert numbers["model_mb"] == pytest.approx(537_273_744 / 2 ** 20, abs=0.1)
+    assert numbers["peak_mb"] > numbers["dynamic_peak_mb"] > numbers["forward_peak_mb"] > 0
 
 
 def test_progress_in_a_log_file_is_a_line_per_tenth_of_an_epoch(tmp_path):

@@ -20,6 +20,8 @@ fragmentation, and the extra memory cudnn.benchmark tries in the first steps. Th
 """
 from __future__ import annotations
 
+import functools
+import json
 import weakref
 from dataclasses import dataclass
 
@@ -137,3 +139,22 @@ def forecast(cfgs: list[Config], steps: int = 2) -> Forecast:
     data_bytes = sum(t.numel() * t.element_size()
                      for t in (data.train_x, data.train_y, data.test_x, data.test_y))
     return Forecast(model, data_bytes, counter.peak, forward_peak)
+
+
+# Config fields that change no tensor's shape, dtype or count: left out of the cache key,
+# so the seeds and alphas of a sweep share one forecast.
+NO_MEMORY = {"seed", "alpha_first", "alpha_second", "reg_lambda", "lr", "weight_decay", "epochs",
+             "eval_every", "checkpoint_every", "data_dir", "device", "threads", "compile",
+             "timeline_steps", "representation_analysis", "analysis_samples"}
+
+
+def forecast_configs(configs: list[dict]) -> Forecast:
+    """`forecast` of these trial configs (dicts), cached by what sets their memory."""
+    key = tuple(sorted(json.dumps({k: v for k, v in c.items() if k not in NO_MEMORY}, sort_keys=True)
+                       for c in configs))
+    return _cached(key)
+
+
+@functools.lru_cache(maxsize=None)
+def _cached(key: tuple[str, ...]) -> Forecast:
+    return forecast([Config.from_dict(json.loads(k)) for k in key])

@@ -21,9 +21,10 @@ from trainer.config import DATASET_CLASSES, NOT_EXPERIMENT, TYPES as CONFIG_TYPE
 
 # Why a FINISHED run has no value for a metric.
 MISSING_METRIC = {
-    "peak_memory_mb": "not measured: CUDA only, CPU run",
-    "dynamic_peak_memory_mb": "not measured: CUDA only, CPU run",
-    "forward_peak_memory_mb": "not logged by the trainer",
+    "peak_memory_mb": "needs CUDA: a CPU run",
+    "dynamic_peak_memory_mb": "needs CUDA: a CPU run",
+    "total_peak_memory_mb": "needs CUDA: a CPU run",
+    "forward_peak_memory_mb": "needs CUDA: a CPU run",
 }
 STATUS_REASON = {"RUNNING": "running", "SCHEDULED": "running", "FAILED": "failed", "KILLED": "killed"}
 REASON_ORDER = ["running", "failed", "killed"]   # then missing-metric reasons
@@ -32,9 +33,11 @@ REASON_ORDER = ["running", "failed", "killed"]   # then missing-metric reasons
 def prepare(runs: pd.DataFrame) -> pd.DataFrame:
     """Cast `params.*` (MLflow strings) to the Config field types; add derived columns.
 
-    Adds `classes` (10/100, whatever the dataset is called) and
-    `metrics.model_total_bytes` (= parameter + buffer bytes, Table 5). Keeps only the
-    latest run of each `tags.trial_key` (by start_time), so a retried trial counts once.
+    Adds `classes` (10/100, whatever the dataset is called),
+    `metrics.model_total_bytes` (= parameter + buffer bytes, Table 5) and
+    `metrics.total_peak_memory_mb` (model + dynamic peak: section 4.4's "total peak", which
+    leaves out the dataset the trainer keeps on the GPU). Keeps only the latest run of each
+    `tags.trial_key` (by start_time), so a retried trial counts once.
     """
     runs = runs.copy()
     for name, kind in CONFIG_TYPES.items():
@@ -56,6 +59,9 @@ def prepare(runs: pd.DataFrame) -> pd.DataFrame:
     runs["classes"] = classes.where(dataset != "synthetic", synthetic).astype("Int64")
     if "metrics.model_param_bytes" in runs and "metrics.model_buffer_bytes" in runs:
         runs["metrics.model_total_bytes"] = runs["metrics.model_param_bytes"] + runs["metrics.model_buffer_bytes"]
+        if "metrics.dynamic_peak_memory_mb" in runs:
+            runs["metrics.total_peak_memory_mb"] = (runs["metrics.dynamic_peak_memory_mb"]
+                                                    + runs["metrics.model_total_bytes"] / 2 ** 20)
     if "tags.trial_key" in runs and len(runs):
         order = runs.sort_values("start_time") if "start_time" in runs else runs
         keyed = order[order["tags.trial_key"].notna()].drop_duplicates("tags.trial_key", keep="last")
@@ -72,6 +78,12 @@ class Cell:
     reason: str = ""               # n == 0: why ("not run", "running", ...); n > 0: "1 running"...
     mixed: tuple[str, ...] = ()    # config fields that differ between the pooled runs
     runs: tuple[str, ...] = ()     # run_ids pooled
+    source: str = ""               # "": pooled runs; else the code that computes it ("forecast", ...)
+
+
+def from_code(value: float, source: str) -> Cell:
+    """A value that comes from the code, not from runs (a memory forecast, a model's bytes)."""
+    return Cell(mean=float(value), n=1, source=source)
 
 
 def select(runs: pd.DataFrame, **where) -> pd.DataFrame:

@@ -22,6 +22,8 @@ def _ours(cell: Cell | None, table: Table, bold: bool, pm: str, strong, escape) 
     if cell.n == 0:
         return f"— ({escape(cell.reason)})"
     value = table.number.format(cell.mean)
+    if cell.source:
+        return f"{strong(value) if bold else value} ({escape(cell.source)})"
     if table.show_std and cell.n >= 2:
         value += pm + table.number.format(cell.std)
     extra = f"n={cell.n}" + (f"; {escape(cell.reason)}" if cell.reason else "")
@@ -112,7 +114,7 @@ def to_csv(table: Table) -> str:
             if cell is None:
                 status, mean, std, n = "n/a", None, None, ""
             else:
-                status = cell.reason or "ok"
+                status = cell.source or cell.reason or "ok"
                 mean, std, n = cell.mean, cell.std, cell.n
             writer.writerow([table.key, row.group, row.label, column, _num(mean), _num(std), n,
                              status, _num(row.paper[j]), int(bold_ours[i][j]), int(bold_paper[i][j])])

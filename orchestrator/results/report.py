@@ -23,9 +23,11 @@ import pandas as pd
 
 from orchestrator.run import tracking
 from orchestrator.results import ResultsError, figures, reader, render, tables
-from orchestrator.results.cells import Table
+from orchestrator.results.cells import Table, select
 from orchestrator.results.claims import Claim, check_claims, claims_markdown
-from orchestrator.run.sweep import ARTEFACTS, load_sweep
+from orchestrator.run.sweep import ARTEFACTS, expand, load_sweep
+from trainer.config import TYPES as CONFIG_TYPES, Config
+from trainer.forecast import forecast_configs
 
 FORMATS = ("md", "latex", "csv")
 
@@ -71,6 +73,30 @@ def resolve_sources(sources: list[str]) -> tuple[list[str], set[str], bool, set[
             names.append(source)
             auto = True
     return names, wanted, auto, uris
+
+
+def compute_from_code(sources: list[str], runs: pd.DataFrame, wanted: set[str], auto: bool) -> tables.Computed:
+    """What the tables take from the code rather than from runs: Table 5's bytes, and the
+    memory forecast of every profiled configuration (trials and runs with a memory
+    timeline, at the paper's batch sizes 16 and 7) when the memory table is built."""
+    from trainer.memory import table5_rows
+
+    model_bytes = {r["model"]: (r["param_bytes"], r["buffer_bytes"])
+                   for r in table5_rows() if r["image_size"] == 32}
+    if not (auto or "memory_peaks" in wanted):
+        return tables.Computed(model_bytes)
+    configs = [t.config for s in sources if pathlib.Path(s).suffix in (".yaml", ".yml")
+               or pathlib.Path(s).is_file() for t in expand(load_sweep(s))]
+    configs += [{k[len("params."):]: v for k, v in run.items() if k.startswith("params.") and pd.notna(v)}
+                for _, run in select(runs, memory_timeline=True).iterrows()]
+    forecasts = {}
+    for c in configs:
+        c = Config.from_dict({k: v.item() if hasattr(v, "item") else v for k, v in c.items()
+                              if k in CONFIG_TYPES}).to_dict()
+        key = (c["arch"], c["batch_size"], c["width"] if c["arch"] == "bottleneck" else None)
+        if c["memory_timeline"] and c["batch_size"] in (16, 7) and key not in forecasts:
+            forecasts[key] = forecast_configs([c])
+    return tables.Computed(model_bytes, forecasts)
 
 
 def sweep_tracking_uri(sources: list[str]) -> str | None:
@@ -133,7 +159,8 @@ def write_results(sources: list[str], tracking_uri: str, formats: Sequence[str] 
     out = output_folder(out_dir, names)
     runs = reader.load_runs(names, tracking_uri)
     paper = tables.load_paper()
-    built = {key: make(runs, paper) for key, make in tables.TABLES.items()}
+    computed = compute_from_code(sources, runs, wanted, auto)
+    built = {key: make(runs, paper, computed) for key, make in tables.TABLES.items()}
     built = {k: t for k, t in built.items() if k in wanted or (auto and tables.supported(t))}
     out.mkdir(parents=True, exist_ok=True)
     written = _write_tables(built, formats, out)

@@ -22,6 +22,7 @@ import ray
 from ray import tune
 
 from . import tracking
+from .packing import GB, Node, PackingError
 
 RAY_ENV = {"RAY_CHDIR_TO_TRIAL_DIR": "0",       # trials keep the driver's folder; paths are absolute anyway
            "RAY_USAGE_STATS_ENABLED": "0",
@@ -46,6 +47,7 @@ class Job:
     tracking_uri: str
     threads: int
     tags: dict
+    resources: dict          # what it asks of the cluster, {"cpu": n, "gpu": share}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Job":
@@ -63,28 +65,37 @@ def start_ray(address: str | None) -> dict:
     return ray.cluster_resources()
 
 
-def plan_resources(requested: dict | None, cluster: dict) -> tuple[dict, str | None]:
-    """Per-trial resources, and a warning when the sweep's request cannot be met.
+def cluster_nodes(gpu_memory_gb: float | None = None) -> list[Node]:
+    """The alive nodes of the Ray cluster, with the memory of their GPUs: `gpu_memory_gb`
+    when given, else read on each GPU node by a tiny task (a 1/10,000 GPU share, so it
+    runs beside whatever holds the cards)."""
+    nodes = []
+    for n in ray.nodes():
+        if not n.get("Alive"):
+            continue
+        res = n.get("Resources", {})
+        gpus = res.get("GPU", 0)
+        memory = int(gpu_memory_gb * GB) if gpu_memory_gb else 0
+        if gpus and not memory:
+            memory = _probe_gpu_memory(n["NodeID"])
+        nodes.append(Node(res.get("CPU", 0), gpus, memory, n.get("NodeManagerAddress", "")))
+    return nodes
 
-    Default: one GPU (and one CPU) per trial where the cluster has GPUs, else one CPU.
-    A request for GPUs on a cluster with none falls back to CPU with a warning instead of
-    waiting forever for a GPU that will never come.
-    """
-    has_gpu = cluster.get("GPU", 0) > 0
-    if requested is None:
-        return ({"cpu": 1, "gpu": 1} if has_gpu else {"cpu": 1}), None
-    res = {k: v for k, v in requested.items() if v}
-    warning = None
-    if res.get("gpu") and not has_gpu:
-        warning = (f"the sweep asks for {res['gpu']} GPU per trial but the Ray cluster has "
-                   f"none: running on CPU instead (resources {{cpu: {res.get('cpu', 1)}}})")
-        res = {"cpu": res.get("cpu", 1)}
-    cpus = cluster.get("CPU", 1)
-    if res.get("cpu", 1) > cpus:
-        warning = (f"the sweep asks for {res['cpu']} CPUs per trial but the cluster has "
-                   f"{cpus:g}: using {cpus:g}")
-        res["cpu"] = cpus
-    return res, warning
+
+def _probe_gpu_memory(node_id: str, timeout: float = 180) -> int:
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    @ray.remote(num_gpus=0.0001, num_cpus=0,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False))
+    def memory() -> int:
+        import torch
+        return torch.cuda.get_device_properties(0).total_memory
+    try:
+        return ray.get(memory.remote(), timeout=timeout)
+    except Exception as err:  # GetTimeoutError, a node without a working CUDA
+        raise PackingError(f"could not read the GPU memory of node {node_id[:12]} within "
+                           f"{timeout:.0f} s ({type(err).__name__}); pass --gpu-memory GB "
+                           f"(the memory of each GPU) to run without asking") from None
 
 
 def run_group(job: Job) -> None:
@@ -223,13 +234,18 @@ class Progress(tune.Callback):
                    f"run(s) {runs}")
 
 
-def run_jobs(jobs: list[Job], sweep_name: str, resources: dict, storage: str,
-             max_failures: int, max_concurrent: int) -> None:
-    """Run the jobs (one Tune trial each) on Ray Tune. Each member's outcome is in its MLflow
-    run; the caller reads it from there."""
+def _resources(config: dict) -> tune.PlacementGroupFactory:
+    res = config["job"]["resources"]
+    return tune.PlacementGroupFactory([{"CPU": res.get("cpu", 1), "GPU": res.get("gpu", 0)}])
+
+
+def run_jobs(jobs: list[Job], sweep_name: str, storage: str, max_failures: int,
+             max_concurrent: int) -> None:
+    """Run the jobs (one Tune trial each, with its own resources) on Ray Tune. Each member's
+    outcome is in its MLflow run; the caller reads it from there."""
     if not jobs:
         return
-    trainable = tune.with_resources(tune_trial, resources)
+    trainable = tune.with_resources(tune_trial, _resources)
     tuner = tune.Tuner(
         trainable,
         param_space={"job": tune.grid_search([dataclasses.asdict(j) for j in jobs])},

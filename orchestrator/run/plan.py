@@ -47,3 +47,10 @@ def fuse_groups(trials: list[Trial], fuse: int) -> list[list[Trial]]:
 def group_name(group: list[Trial]) -> str:
     """The first member's name, and how many others train with it: `w32-b5-reg-s0+5`."""
     return group[0].name + (f"+{len(group) - 1}" if len(group) > 1 else "")
+
+
+def group_forecast(group: list[Trial]):
+    """The memory forecast of one training step of the group (trainer/forecast.py)."""
+    from trainer.forecast import forecast_configs   # torch: only when a forecast is asked for
+
+    return forecast_configs([t.config for t in group])

@@ -1,0 +1,123 @@
+"""What each Tune trial (a fused group, or one trial) asks of the cluster, from its memory
+forecast (trainer/forecast.py), so a user need not guess GPU fractions or find out by OOM.
+
+    nodes = [Node(cpus=16, gpus=1, gpu_memory=80 * 10**9)]        # driver.cluster_nodes()
+    placements, warnings = pack(groups, forecasts, nodes, requested=None)
+
+On a cluster with GPUs and no `resources` in the sweep, a group asks for the share of one
+GPU its forecast needs (with headroom for what a forecast cannot see), rounded to 1/k so
+that k groups fill a card exactly, and for the CPU cores of one GPU's share of its node
+(at least one). A group too large for the largest GPU is split in halves until it fits;
+a single trial that does not fit is refused before anything launches. Pure functions.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from trainer.forecast import Forecast
+
+from .plan import group_name
+
+HEADROOM = 1.2                # x the forecast peak: fragmentation, cuDNN/cuBLAS workspaces
+CUDA_RESERVE = 1 << 30        # bytes per process outside the allocator: CUDA context, handles
+GB = 10 ** 9
+
+
+class PackingError(ValueError):
+    """A trial cannot fit any GPU of the cluster: the message names it, its need and the GPU."""
+
+
+@dataclass(frozen=True)
+class Node:
+    cpus: float
+    gpus: float = 0
+    gpu_memory: int = 0       # bytes of each of its GPUs
+    name: str = ""
+
+
+@dataclass
+class Placement:
+    group: list               # the trials (orchestrator.run.sweep.Trial) of one Tune trial
+    resources: dict           # {"cpu": n, "gpu": share}, as tune.with_resources takes it
+    need: int = 0             # bytes of GPU memory it asks for (0 on a CPU-only cluster)
+
+
+def needed_bytes(forecast: Forecast) -> int:
+    """GPU memory to reserve for a process whose step peaks at forecast.peak."""
+    return int(forecast.peak * HEADROOM) + CUDA_RESERVE
+
+
+def pack(groups: list[list], forecasts: dict, nodes: list[Node],
+         requested: dict | None) -> tuple[list[Placement], list[str]]:
+    """One Placement per Tune trial, and warnings. `forecasts(group) -> Forecast` (a
+    callable, so split groups can be forecast too); `requested`: the sweep's resources."""
+    gpu_nodes = [n for n in nodes if n.gpus > 0]
+    max_cpus = max((n.cpus for n in nodes), default=1)
+    if requested is not None or not gpu_nodes:
+        return _as_requested(groups, requested, gpu_nodes, max_cpus, forecasts)
+    largest = max(gpu_nodes, key=lambda n: n.gpu_memory)
+    smallest = min(n.gpu_memory for n in gpu_nodes)
+    cpus_per_gpu = min(n.cpus / n.gpus for n in gpu_nodes)
+    warnings = []
+    if smallest != largest.gpu_memory:
+        warnings.append(f"GPUs of different sizes ({smallest / GB:.0f} to {largest.gpu_memory / GB:.0f} GB): "
+                        f"shares are sized for the smallest")
+    placements = []
+    for group in _fitting(groups, forecasts, largest):
+        need = needed_bytes(forecasts(group))
+        share = min(1.0, need / smallest)
+        per_gpu = max(1, min(math.floor(1 / share), math.floor(cpus_per_gpu)))
+        gpu = math.floor(10_000 / per_gpu) / 10_000 if per_gpu > 1 else 1   # Ray: 4 decimals
+        cpu = max(1, math.floor(cpus_per_gpu / per_gpu))
+        placements.append(Placement(group, {"cpu": cpu, "gpu": gpu}, need))
+    return placements, warnings
+
+
+def _fitting(groups, forecasts, largest: Node) -> list[list]:
+    """The groups, each split in halves until its need fits the largest GPU."""
+    out, todo = [], list(groups)
+    while todo:
+        group = todo.pop(0)
+        need = needed_bytes(forecasts(group))
+        if need <= largest.gpu_memory:
+            out.append(group)
+        elif len(group) > 1:
+            half = len(group) // 2
+            todo[:0] = [group[:half], group[half:]]
+        else:
+            f = forecasts(group)
+            raise PackingError(
+                f"trial {group[0].name} needs about {need / GB:.1f} GB of GPU memory (forecast peak "
+                f"{f.peak / GB:.1f} GB x {HEADROOM} headroom + {CUDA_RESERVE / GB:.1f} GB for CUDA) "
+                f"but the largest GPU in the cluster{f' ({largest.name})' if largest.name else ''} "
+                f"has {largest.gpu_memory / GB:.1f} GB: lower its batch_size or image_size, or run "
+                f"it on a larger GPU")
+    return out
+
+
+def _as_requested(groups, requested, gpu_nodes, max_cpus, forecasts) -> tuple[list[Placement], list[str]]:
+    """The sweep's own resources (or the CPU default): a GPU request on a cluster without
+    GPUs falls back to CPU; CPUs are capped by the largest node (a larger request would
+    wait forever); a GPU share smaller than the forecast needs is warned about."""
+    warnings = []
+    res = {"cpu": 1} if requested is None else {k: v for k, v in requested.items() if v}
+    if res.get("gpu") and not gpu_nodes:
+        warnings.append(f"the sweep asks for {res['gpu']} GPU per trial but the Ray cluster has "
+                        f"none: running on CPU instead (resources {{cpu: {res.get('cpu', 1)}}})")
+        res = {"cpu": res.get("cpu", 1)}
+    if res.get("cpu", 1) > max_cpus:
+        warnings.append(f"the sweep asks for {res['cpu']} CPUs per trial but the largest node has "
+                        f"{max_cpus:g}: using {max_cpus:g}")
+        res["cpu"] = max_cpus
+    placements = [Placement(g, dict(res)) for g in groups]
+    if res.get("gpu") and gpu_nodes:
+        memory = res["gpu"] * min(n.gpu_memory for n in gpu_nodes)
+        for p in placements:
+            p.need = needed_bytes(forecasts(p.group))
+            if p.need > memory:
+                warnings.append(f"{group_name(p.group)} may run out of GPU memory: it needs about "
+                                f"{p.need / GB:.1f} GB but resources.gpu={res['gpu']} is "
+                                f"{memory / GB:.1f} GB of the smallest GPU; omit resources to let "
+                                f"run size the share from the forecast")
+    return placements, warnings
