@@ -72,6 +72,7 @@ def solo_steps(cfgs, device):
 
 
 def fused_step(cfgs, device):
+    cfgs = sorted(cfgs, key=lambda c: -c.width)          # one head shape next to each other
     members = [Member(i, c, None, generator=torch.Generator(device=device)) for i, c in enumerate(cfgs)]
     group = Group(members, [build_model(c).to(device) for c in cfgs], [{} for _ in cfgs])
     return group.step

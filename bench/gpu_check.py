@@ -1,16 +1,25 @@
-"""One short check of the CUDA path, for a GPU machine (about a minute on an H200).
+"""The GPU checks, as one short script for a lent GPU machine (~5 min on an H200).
 
-    python bench/gpu_check.py            # exit 0: all checks passed; 1: a check failed
+    python bench/gpu_check.py                  # exit 0: every check passed; 1: one failed
+    python bench/gpu_check.py --device cpu     # the same logic at toy sizes, no CUDA checks
 
-1. a short full-width training run on generated data with device=cuda, the regularizer and
-   the Figure 3 timeline on: finite loss, accuracies measured, CUDA memory metrics present
-   with peak > model memory and dynamic = peak - model, the timeline's passes in order;
-2. the step time at batch 5 (and 64) of the full-width bottleneck (W=32, with and without
-   the regularizer) and of vgg16, beside a bare PyTorch loop over the same model.
-It prints a compact report; paste it into BENCHMARKS.md's GPU section.
+1. the CUDA path: a short full-width run with the regularizer and the Figure 3 timeline:
+   finite loss, accuracies, peak/dynamic memory (dynamic = peak - model - data), the
+   timeline's passes in order;
+2. no host sync in a training step: batch assembly + the fused step under
+   torch.cuda.set_sync_debug_mode("error"), bottleneck with augmentation and vgg16 with
+   dropout, solo and fused;
+3. a member that turns non-finite does not touch the others (grouped cuDNN convs included);
+4. fused throughput: full width, batch 5, regularizer on, N = 6, 12, 18 fused members
+   against one solo eager trial (the goal: >= 10x at N = 18), and torch.compile's
+   reduce-overhead mode (CUDA graphs) on a fused group;
+5. the memory forecast against torch.cuda.max_memory_allocated for the four section 4.4
+   configurations at 224x224 and for batch 5 at 32x32 (the goal: within 10%).
+It prints a compact report to paste into BENCHMARKS.md's GPU section.
 """
 from __future__ import annotations
 
+import argparse
 import math
 import statistics
 import sys
@@ -22,82 +31,189 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from trainer.config import Config  # noqa: E402
+from trainer.data import Data, EpochPlan, epoch_seed, group_batch  # noqa: E402
+from trainer.forecast import forecast  # noqa: E402
+from trainer.group import Group  # noqa: E402
 from trainer.memory import MB  # noqa: E402
-from trainer.train import train  # noqa: E402
+from trainer.model import build_model  # noqa: E402
+from trainer.train import Member, train  # noqa: E402
 
-from bench_trainer import bare_step_seconds, trainer_step_seconds  # noqa: E402
+from bench_fused import fused_step, solo_steps, timed  # noqa: E402
 
 FAILED: list[str] = []
 
 
 def check(ok: bool, what: str) -> None:
-    print(f"  [{'ok' if ok else 'FAIL'}] {what}")
+    print(f"  [{'ok' if ok else 'FAIL'}] {what}", flush=True)
     if not ok:
         FAILED.append(what)
 
 
-def cuda_run() -> None:
-    cfg = Config.from_dict(dict(dataset="synthetic", train_samples=2000, test_samples=500,
-                                arch="bottleneck", width=32, batch_size=64, epochs=2,
-                                regularizer=True, memory_timeline=True, timeline_steps=5,
-                                device="cuda"))
+def cfg(args, **kw) -> Config:
+    base = dict(dataset="synthetic", device=args.device, vgg_width_divisor=args.divisor)
+    return Config.from_dict({**base, **kw})
+
+
+def group_of(cfgs: list[Config], data_size: int = 2000):
+    """A Group as the trainer builds it, with a resident dataset of `data_size` images."""
+    device = torch.device(cfgs[0].device)
+    cfgs = sorted(cfgs, key=lambda c: -c.width)          # one head shape next to each other
+    members = [Member(i, c, None, generator=torch.Generator(device=device)) for i, c in enumerate(cfgs)]
+    for m in members:
+        m.generator.manual_seed(epoch_seed(m.cfg.seed, 1))
+    group = Group(members, [build_model(c).to(device) for c in cfgs], [{} for _ in cfgs])
+    data = Data(torch.randint(0, 255, (data_size, 3, 32, 32), dtype=torch.uint8, device=device),
+                torch.randint(0, 10, (data_size,), device=device),
+                torch.zeros(10, 3, 32, 32, dtype=torch.uint8, device=device),
+                torch.zeros(10, dtype=torch.int64, device=device), 10)
+    c = cfgs[0]
+    plan = EpochPlan.draw([m.generator for m in members], data_size, data_size // c.batch_size,
+                          c.batch_size, c.augment)
+    return group, data, plan
+
+
+def cuda_run(args) -> None:
+    c = cfg(args, train_samples=2000, test_samples=500, width=32, batch_size=64, epochs=2,
+            regularizer=True, memory_timeline=True, timeline_steps=5)
     t0 = time.perf_counter()
-    ms = list(train(cfg))
-    print(f"training run: bottleneck W=32, batch 64, 2 epochs, reg on ({time.perf_counter() - t0:.1f} s)")
+    ms = [m for m in train(c) if not m.replayed]
+    print(f"1. training run: bottleneck W=32, batch 64, 2 epochs, reg on ({time.perf_counter() - t0:.1f} s)")
     final = {"peak_memory_mb": math.nan, "dynamic_peak_memory_mb": math.nan, **ms[-1].metrics}
     model_mb = (final["model_param_bytes"] + final["model_buffer_bytes"]) / MB
-    for m in ms[:-1]:
-        print(f"  epoch {m.epoch}: " + ", ".join(f"{k} {v:.4g}" for k, v in m.metrics.items()))
     check(all(math.isfinite(m.metrics["train_loss"]) for m in ms), "train_loss finite")
-    check({"train_accuracy", "test_accuracy", "generalization_gap"} <= set(final),
-          "accuracies measured")
-    check(all(k in m.metrics for m in ms for k in ("peak_memory_mb", "dynamic_peak_memory_mb")),
-          "peak/dynamic memory reported every epoch")
-    check(final["peak_memory_mb"] > model_mb,
-          f"peak {final['peak_memory_mb']:.1f} MB > model {model_mb:.1f} MB")
-    check(abs(final["dynamic_peak_memory_mb"] - (final["peak_memory_mb"] - model_mb)) < 1e-6,
-          f"dynamic {final['dynamic_peak_memory_mb']:.1f} MB = peak - model")
+    check({"train_accuracy", "test_accuracy", "generalization_gap"} <= set(final), "accuracies measured")
+    check(final["peak_memory_mb"] > final["dynamic_peak_memory_mb"] + model_mb,
+          f"peak {final['peak_memory_mb']:.1f} MB > dynamic {final['dynamic_peak_memory_mb']:.1f} + "
+          f"model {model_mb:.1f} MB (the dataset sits on the GPU too)")
     timeline = ms[0].artifacts.get("memory_timeline.json")
     check(timeline is not None and not ms[1].artifacts, "timeline on epoch 1 only")
     if timeline:
-        records = timeline["records"]
-        check(sorted({r["step"] for r in records}) == list(range(5)), "timeline covers 5 steps")
-        phases = [r["phase"] for r in records if r["step"] == 1]
+        phases = [r["phase"] for r in timeline["records"] if r["step"] == 1]
         runs = [p for i, p in enumerate(phases) if i == 0 or phases[i - 1] != p]
         check(runs == ["fwd1", "fwd2", "bwd2", "bwd1", "step_end"], f"phases in order: {runs}")
-        peak = max(r["allocated_mb"] for r in records)
-        check(peak > model_mb, f"timeline peak {peak:.1f} MB > model {model_mb:.1f} MB")
+        check("forward_peak_memory_mb" in ms[0].metrics, "forward-pass peak logged")
 
 
-def step_times() -> None:
-    print("step time, ms (median of 3 after a warm-up; trainer = epoch_seconds / steps):")
-    print(f"  {'model':<16}{'batch':>6}{'bare':>8}{'trainer':>9}{'ratio':>7}")
-    for arch, reg, batch in [("bottleneck", False, 5), ("bottleneck", True, 5), ("vgg16", False, 5),
-                             ("bottleneck", False, 64), ("vgg16", False, 64)]:
-        cfg = Config.from_dict(dict(dataset="synthetic", train_samples=batch * 200,
-                                    test_samples=batch, arch=arch, width=32, batch_size=batch,
-                                    epochs=1, augment=False, regularizer=reg, device="cuda"))
-        trainer_step_seconds(cfg)                                   # warm-up (cudnn)
-        ours = statistics.median(trainer_step_seconds(cfg) for _ in range(3))
-        name = arch + ("+reg" if reg else "")
-        if reg:   # the bare loop has no regularizer: no ratio for this row
-            print(f"  {name:<16}{batch:>6}{'-':>8}{1e3 * ours:>9.2f}{'-':>7}")
-        else:
-            bare_step_seconds(cfg)
-            bare = statistics.median(bare_step_seconds(cfg) for _ in range(3))
-            print(f"  {name:<16}{batch:>6}{1e3 * bare:>8.2f}{1e3 * ours:>9.2f}{ours / bare:>7.2f}")
-        check(math.isfinite(ours) and ours > 0, f"{name} batch {batch} timed")
+def no_host_sync(args) -> None:
+    print("2. no host sync in a step (set_sync_debug_mode('error'))")
+    for name, cfgs in (("bottleneck+reg, augment, solo", [cfg(args, regularizer=True, batch_size=5)]),
+                       ("bottleneck+reg, augment, 4 fused", [cfg(args, regularizer=bool(i % 2), seed=i,
+                                                                  width=(32, 16)[i % 2], batch_size=5)
+                                                              for i in range(4)]),
+                       ("vgg16 dropout, 2 fused", [cfg(args, arch="vgg16", seed=i, batch_size=5)
+                                                   for i in range(2)])):
+        group, data, plan = group_of(cfgs)
+        for step in range(2):                                   # warm-up: cuDNN, allocator
+            group.step(*group_batch(data, plan, step, 5, torch.float32, 32))
+        torch.cuda.synchronize()
+        try:
+            torch.cuda.set_sync_debug_mode("error")
+            for step in range(2, 6):
+                group.step(*group_batch(data, plan, step, 5, torch.float32, 32))
+            ok, why = True, ""
+        except RuntimeError as err:
+            ok, why = False, f": {str(err).splitlines()[0]}"
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        check(ok, f"{name}{why}")
 
 
-def main() -> int:
-    if not torch.cuda.is_available():
-        print("gpu_check: torch sees no CUDA device; run this on a GPU machine", file=sys.stderr)
+def nan_isolation(args) -> None:
+    print("3. a non-finite member leaves the others alone")
+    cfgs = [cfg(args, regularizer=True, batch_size=5, seed=i) for i in range(3)]
+    group, data, plan = group_of(cfgs)
+    with torch.no_grad():
+        for p in group.model.parameters():
+            p.view(3, -1)[1].fill_(float("nan"))        # member 1's every weight
+    losses = group.step(*group_batch(data, plan, 0, 5, torch.float32, 32))
+    finite = [bool(torch.isfinite(group.model.member_state(i)["head.out.weight"]).all()) for i in range(3)]
+    check(not math.isfinite(losses[1].item()) and finite == [True, False, True],
+          f"losses {[round(v, 3) for v in losses.tolist()]}, members finite {finite}")
+
+
+def throughput(args) -> None:
+    print("4. fused throughput, batch 5, regularizer on, ms per step (min of 5 x 20 steps)")
+    sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
+    g = torch.Generator().manual_seed(0)
+    solo_cfg = [cfg(args, regularizer=True, batch_size=5)]
+    x1 = torch.randn(1, 5, 3, 32, 32, generator=g).to(args.device)
+    y1 = torch.randint(0, 10, (1, 5), generator=g).to(args.device)
+    solo = solo_steps(solo_cfg, args.device)
+    timed(solo, x1, y1, 5, sync)
+    solo_ms = min(timed(solo, x1, y1, 20, sync) for _ in range(5)) * 1e3
+    print(f"  solo eager: {solo_ms:.2f} ms per step")
+    for n in args.n:
+        cfgs = [cfg(args, regularizer=True, batch_size=5, seed=i, width=(32, 16, 8)[i % 3]) for i in range(n)]
+        x = torch.randn(n, 5, 3, 32, 32, generator=g).to(args.device)
+        y = torch.randint(0, 10, (n, 5), generator=g).to(args.device)
+        step = fused_step(cfgs, args.device)
+        timed(step, x, y, 5, sync)
+        ms = min(timed(step, x, y, 20, sync) for _ in range(5)) * 1e3
+        gain = n * solo_ms / ms
+        print(f"  fused N={n:>2}: {ms:7.2f} ms per step, {gain:5.1f}x the throughput of one solo trial")
+        if n == 18:
+            check(gain >= 10, f"N=18 throughput {gain:.1f}x >= 10x")
+    if args.device == "cuda":
+        cfgs = [cfg(args, regularizer=True, batch_size=5, seed=i, compile="reduce-overhead") for i in range(6)]
+        group, data, plan = group_of(cfgs)
+        t0 = time.perf_counter()
+        for step in range(3):
+            group.step(*group_batch(data, plan, step, 5, torch.float32, 32))
+        torch.cuda.synchronize()
+        compile_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for step in range(3, 23):
+            losses = group.step(*group_batch(data, plan, step, 5, torch.float32, 32))
+        torch.cuda.synchronize()
+        per = (time.perf_counter() - t0) / 20 * 1e3
+        check(bool(torch.isfinite(losses).all()),
+              f"compile=reduce-overhead, 6 fused: {per:.2f} ms per step after {compile_s:.0f} s of compiling")
+
+
+def forecast_vs_measured(args) -> None:
+    print("5. forecast vs torch.cuda.max_memory_allocated over step 2 (MB)")
+    cases = [dict(arch="vgg16", batch_size=16, image_size=224), dict(arch="vgg16", batch_size=7, image_size=224),
+             dict(regularizer=True, batch_size=16, image_size=224), dict(regularizer=True, batch_size=7, image_size=224),
+             dict(regularizer=True, batch_size=5)]
+    for case in cases:
+        c = cfg(args, dataset="cifar10", train_samples=5000, test_samples=1000, **case)
+        f = forecast([c])
+        torch.cuda.empty_cache()
+        group, data, plan = group_of([c], data_size=5000)
+        for step in range(2):
+            torch.cuda.reset_peak_memory_stats()
+            x, y = group_batch(data, plan, step, c.batch_size, torch.float32, c.image_size)
+            group.step(x, y)
+            del x, y
+        measured = torch.cuda.max_memory_allocated()
+        del group, data, plan
+        ratio = f.peak / measured
+        check(abs(ratio - 1) <= 0.10, f"{case}: forecast {f.peak / MB:,.0f}, measured "
+              f"{measured / MB:,.0f} (forecast/measured {ratio:.3f})")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    p.add_argument("--n", default="6,12,18", help="fused group sizes to time")
+    args = p.parse_args(argv)
+    args.n = [int(v) for v in args.n.split(",")]
+    args.divisor = 1 if args.device == "cuda" else 16       # CPU: toy sizes, logic only
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("gpu_check: torch sees no CUDA device; run this on a GPU machine (or --device cpu)",
+              file=sys.stderr)
         return 2
-    print(f"torch {torch.__version__}, {torch.cuda.get_device_name(0)}, "
-          f"{torch.cuda.get_device_properties(0).total_memory / 2 ** 30:.0f} GiB")
+    if args.device == "cuda":
+        print(f"torch {torch.__version__}, {torch.cuda.get_device_name(0)}, "
+              f"{torch.cuda.get_device_properties(0).total_memory / 2 ** 30:.0f} GiB")
     t0 = time.perf_counter()
-    cuda_run()
-    step_times()
+    if args.device == "cuda":
+        cuda_run(args)
+        no_host_sync(args)
+    nan_isolation(args)
+    throughput(args)
+    if args.device == "cuda":
+        forecast_vs_measured(args)
     print(f"{'FAILED: ' + '; '.join(FAILED) if FAILED else 'all checks passed'} "
           f"({time.perf_counter() - t0:.0f} s)")
     return 1 if FAILED else 0

@@ -1,30 +1,26 @@
-"""`python -m orchestrator {run,plan,status,tables}`: the product's command line."""
+"""`python -m orchestrator {run,plan,status,tables}`: the product's command line.
+
+Each command is a thin layer over orchestrator/run/ (running a sweep) or
+orchestrator/results/ (building its tables). Every set-up error is one `error:` line and
+exit code 2, before Ray starts and before anything is written; a sweep stopped by Ctrl-C
+or SIGTERM exits 130.
+"""
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-from trainer.config import Config
-
-from .run.packing import PackingError, needed_bytes, pack
-from .run.plan import fuse_groups, group_forecast, group_name
-from .run.sweep import SweepError, Sweep, Trial, apply_overrides, expand, load_sweep
-
-# CPU cost model for the "paper-size sweep on CPU" guard: forward GFLOP per 32x32 image of
-# VGG16's conv section (~15.5 GFLOP at 224x224, / 49), x3 for forward+backward, at ~3
-# GFLOP/s per core, what small-batch steps reached on the 2-core dev machine (BENCHMARKS.md).
-CONV_GFLOP_PER_IMAGE = 0.31
-CPU_GFLOPS_PER_CORE = 3.0
-CPU_HOURS_NEEDING_YES = 2.0
+from .run.sweep import SweepError, Sweep, Trial, apply_overrides, load_sweep
 
 EPILOG = """\
 examples:
-  python -m orchestrator run sweeps/smoke.yaml          # 4 tiny trials on a CPU, ~2 min
-  python -m orchestrator run sweeps/table1.yaml         # the paper's Tables 1-2 (18 GPU trials)
-  python -m orchestrator plan sweeps/table1.yaml        # what would run, what is done
+  python -m orchestrator run sweeps/smoke.yaml          # 8 tiny trials on a CPU, ~1 min
+  python -m orchestrator run sweeps/table1.yaml         # the paper's Tables 1-2 (54 GPU trials)
+  python -m orchestrator plan sweeps/table1.yaml        # what would run, in which groups, memory
   python -m orchestrator status sweeps/table1.yaml      # progress, while `run` goes on
   python -m orchestrator tables sweeps/table1.yaml      # Tables 1-2, ours beside the paper's
   mlflow ui                                             # in the folder `run` started from
@@ -33,20 +29,6 @@ Runs go to MLflow: --tracking-uri, else $MLFLOW_TRACKING_URI, else the sweep's
 tracking_uri, else mlflow.db in the current folder. `run` is idempotent: finished trials
 are skipped and interrupted ones resume from their last checkpoint in the same run.
 """
-
-
-def steps_per_trial(config: dict) -> int:
-    cfg = Config.from_dict(config)
-    return cfg.epochs * (cfg.train_size // cfg.batch_size)
-
-
-def cpu_hours(trials: list[Trial], cpus_per_trial: float, total_cpus: float) -> float:
-    """A rough estimate of a sweep's wall time on CPUs only (see CPU_GFLOPS_PER_CORE)."""
-    gflop = sum(3 * CONV_GFLOP_PER_IMAGE / t.config["vgg_width_divisor"] ** 2
-                * (t.config["image_size"] / 32) ** 2
-                * t.config["batch_size"] * steps_per_trial(t.config) for t in trials)
-    parallel = max(1.0, total_cpus // max(cpus_per_trial, 1))
-    return gflop / (CPU_GFLOPS_PER_CORE * max(cpus_per_trial, 1)) / parallel / 3600
 
 
 def classify(trials: list[Trial], states: dict) -> dict[str, list[Trial]]:
@@ -59,106 +41,66 @@ def classify(trials: list[Trial], states: dict) -> dict[str, list[Trial]]:
 
 
 def _load(args) -> Sweep:
-    resources = json.loads(args.resources) if getattr(args, "resources", None) else None
+    resources = None
+    if getattr(args, "resources", None):
+        try:
+            resources = json.loads(args.resources)
+        except json.JSONDecodeError as err:
+            raise SweepError(f"--resources {args.resources!r} is not JSON ({err.msg}); write e.g. "
+                             f"--resources '{{\"cpu\": 2, \"gpu\": 0.25}}'") from None
     sweep = load_sweep(args.sweep)
     return apply_overrides(sweep, resources=resources,
                            max_concurrent=getattr(args, "max_concurrent", None),
                            storage_path=getattr(args, "storage", None))
 
 
-@dataclass
-class RunPlan:
-    """What `run` will do: the sweep, where it logs, and the groups of trials still to run."""
-    sweep: Sweep
-    uri: str
-    trials: list[Trial]
-    states: dict                     # trial_key -> tracking.RunState
-    groups: list[list[Trial]]        # fused groups of the trials to run (new or resuming)
-
-
-def make_plan(args) -> RunPlan:
-    from .run import tracking
+def _plan(args):
+    """The sweep (with its overrides), its store (checked within seconds, never created
+    here) and what `run` would do. Read-only."""
+    from .run import launch, tracking
 
     sweep = _load(args)
-    trials = expand(sweep)
     uri = tracking.resolve_tracking_uri(args.tracking_uri, sweep.tracking_uri)
-    states = tracking.runs_by_key(uri, sweep.name)
-    todo = [t for t in trials if t.key not in states or states[t.key].status != "FINISHED"]
-    return RunPlan(sweep, uri, trials, states, fuse_groups(todo, sweep.fuse))
+    if not tracking.check_store(uri):
+        print(f"note: no MLflow store at {tracking.local_store(uri)} yet, so every trial is "
+              f"pending" + ("" if args.command == "run" else "; pass --tracking-uri if it is "
+                            "elsewhere"), file=sys.stderr)
+    return launch.make_plan(sweep, uri)
 
 
 def cmd_run(args) -> int:
-    plan = make_plan(args)
-    todo = [t for g in plan.groups for t in g]
+    """Plan, check, then launch; the tables are built at the end."""
+    from .run import driver, launch
+
+    plan = _plan(args)
     counts = classify(plan.trials, plan.states)
     print(f"sweep {plan.sweep.name} ({plan.sweep.path}): {len(plan.trials)} trials: "
           f"{len(counts['new'])} new, {len(counts['resuming'])} resuming, "
           f"{len(counts['finished'])} finished (skipped)")
-    if todo:
-        steps = sorted({steps_per_trial(t.config) for t in todo})
-        print(f"steps per trial: {', '.join(f'{s:,}' for s in steps)}; "
-              f"{len(plan.groups)} group(s) of at most {plan.sweep.fuse} fused trials")
+    if plan.todo:
+        steps = sorted({launch.steps_per_trial(t.config) for t in plan.todo})
+        print(f"steps per trial: {', '.join(f'{s:,}' for s in steps)}; {len(plan.groups)} "
+              f"group(s) of at most {plan.sweep.fuse} fused trials")
     print(f"tracking: {plan.uri}")
     if args.dry_run:
         for group in plan.groups:
-            print(f"  would run {group_name(group)}: " + ", ".join(f"{t.name} ({t.key})" for t in group))
+            print(f"  would run {len(group)} together: " + ", ".join(f"{t.name} ({t.key})" for t in group))
         return 0
-    if not todo:
+    if not plan.todo:
         print("nothing to run: every trial is FINISHED in MLflow.")
         return build_tables_step(plan.sweep, plan.uri)
-    return launch(plan, args)
+    storage = Path(plan.sweep.storage_path or driver.default_storage()).resolve()
+    launch.preflight(plan, storage)
+    code = launch.launch(plan, storage, launch.Options(args.address, args.gpu_memory, args.yes,
+                                                       _resume_command(args)))
+    if code in (2, launch.INTERRUPTED):
+        return code
+    return code or build_tables_step(plan.sweep, plan.uri)
 
 
-def launch(plan: RunPlan, args) -> int:
-    """Start (or join) Ray, create the runs of new trials, run every group on Tune, then say
-    how each trial ended and build the tables."""
-    from .run import driver, tracking
-
-    sweep, uri = plan.sweep, plan.uri
-    cluster = driver.start_ray(args.address)
-    nodes = driver.cluster_nodes(args.gpu_memory)
-    placements, warnings = pack(plan.groups, group_forecast, nodes, sweep.resources)
-    asks = sorted({json.dumps(p.resources, sort_keys=True) for p in placements})
-    print(f"on: Ray cluster with {cluster.get('CPU', 0):g} CPUs, {cluster.get('GPU', 0):g} GPUs; "
-          f"{len(placements)} group(s), each asking for {' or '.join(asks)}"
-          + ("" if sweep.resources else " (sized from the memory forecast)" if nodes and
-             any(n.gpus for n in nodes) else ""))
-    for warning in warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    todo = [t for g in plan.groups for t in g]
-    resources = placements[0].resources
-    if not resources.get("gpu"):
-        hours = cpu_hours(todo, resources.get("cpu", 1), cluster.get("CPU", 1))
-        if hours > CPU_HOURS_NEEDING_YES and not args.yes:
-            print(f"error: this sweep would take about {hours:,.0f} hours on these CPUs "
-                  f"(no GPU). Run it on a GPU cluster (README: 'Run on a GPU cluster'), or "
-                  f"pass --yes to start anyway.", file=sys.stderr)
-            return 2
-
-    experiment_id = tracking.ensure_experiment(uri, sweep.name)
-    tags = tracking.provenance_tags()
-    storage = Path(sweep.storage_path or driver.default_storage()).resolve()
-    jobs = []
-    for placement in placements:
-        group, members = placement.group, []
-        for t in group:
-            run_id = (plan.states[t.key].run_id if t.key in plan.states
-                      else tracking.create_run(uri, experiment_id, t, sweep, tags))
-            config = {**t.config, "data_dir": str(Path(t.config["data_dir"]).resolve())}
-            members.append(driver.Member(t.key, t.name, config, run_id, str(storage / sweep.name / t.key)))
-        threads = max(1, int(placement.resources.get("cpu", 1)))
-        jobs.append(driver.Job(group_name(group), members, uri, threads, tags, placement.resources))
-    driver.run_jobs(jobs, sweep.name, str(storage), sweep.max_failures, sweep.max_concurrent)
-
-    after = tracking.runs_by_key(uri, sweep.name)
-    failed = [t.name for t in todo if after.get(t.key) is None or after[t.key].status != "FINISHED"]
-    print(f"\n{len(todo) - len(failed)} of {len(todo)} trials finished"
-          + (f"; not finished: {', '.join(failed)}" if failed else ""))
-    print(f"MLflow: {uri}\n  see runs:   mlflow ui --backend-store-uri {uri}\n"
-          f"  tables:     python -m orchestrator tables {args.sweep}"
-          + (f" --tracking-uri {uri}" if args.tracking_uri else ""))
-    code = build_tables_step(sweep, uri)
-    return 1 if failed else code
+def _resume_command(args) -> str:
+    return "python -m orchestrator " + " ".join(shlex.quote(a) for a in sys.argv[1:]) \
+        if sys.argv[1:2] == ["run"] else f"python -m orchestrator run {shlex.quote(args.sweep)}"
 
 
 def build_tables_step(sweep: Sweep, uri: str) -> int:
@@ -177,24 +119,43 @@ def build_tables_step(sweep: Sweep, uri: str) -> int:
     return 0
 
 
-def _state(s) -> str:
-    return "pending" if s is None else s.status.lower()
+def _states(plan) -> dict[str, str]:
+    """trial_key -> what `plan` and `status` call its state. A RUNNING run whose driver
+    stopped sending heartbeats (killed, or its node lost) is "interrupted": `run` resumes it."""
+    from .run import tracking
+    from .run.lease import TTL_S
+
+    holder, age = tracking.heartbeat(plan.uri, plan.sweep.name)
+    live = holder is not None and not holder.get("released") and age < TTL_S
+    out = {}
+    for t in plan.trials:
+        s = plan.states.get(t.key)
+        state = "pending" if s is None else s.status.lower()
+        if state in ("running", "scheduled") and not live:
+            state = "interrupted"
+        out[t.key] = state
+    return out
 
 
 def cmd_plan(args) -> int:
     """Every trial, its state, and the fused groups `run` would launch with their memory
-    forecast (no Ray, nothing written)."""
-    plan = make_plan(args)
+    forecast (no Ray; nothing written)."""
+    from .run import launch
+    from .run.packing import needed_bytes
+    from .run.plan import group_forecast
+
+    plan = _plan(args)
+    states = _states(plan)
     print(f"sweep {plan.sweep.name}: {plan.sweep.description.strip()}\n{len(plan.trials)} trials, "
           f"tracking {plan.uri}\n")
-    print(f"{'trial':<28} {'key':<13} {'state':<10} {'epoch':>9} {'steps':>12} {'group':>6}")
+    print(f"{'trial':<28} {'key':<13} {'state':<11} {'epoch':>9} {'steps':>12} {'group':>6}")
     group_of = {t.key: i + 1 for i, g in enumerate(plan.groups) for t in g}
     for t in plan.trials:
         s = plan.states.get(t.key)
         epoch = f"{s.last_epoch if s else 0}/{t.config['epochs']}"
         group = f"g{group_of[t.key]}" if t.key in group_of else "-"
-        print(f"{t.name:<28} {t.key:<13} {_state(s):<10} {epoch:>9} "
-              f"{steps_per_trial(t.config):>12,} {group:>6}")
+        print(f"{t.name:<28} {t.key:<13} {states[t.key]:<11} {epoch:>9} "
+              f"{launch.steps_per_trial(t.config):>12,} {group:>6}")
     if not plan.groups:
         return 0
     print(f"\n{len(plan.groups)} group(s) to run (fuse: {plan.sweep.fuse}); GPU memory of one "
@@ -212,38 +173,39 @@ def cmd_plan(args) -> int:
 
 
 def cmd_status(args) -> int:
-    plan = make_plan(args)
-    sweep, trials, states = plan.sweep, plan.trials, plan.states
+    plan = _plan(args)
+    states = _states(plan)
     counts: dict[str, int] = {}
     lines = []
-    for t in trials:
-        s = states.get(t.key)
-        state = _state(s)
+    for t in plan.trials:
+        state, s = states[t.key], plan.states.get(t.key)
         counts[state] = counts.get(state, 0) + 1
-        if s is not None and s.status != "FINISHED":
+        if s is not None and state != "finished":
             acc = s.metrics.get("test_accuracy")
-            lines.append(f"  {t.name:<28} {state:<10} epoch {s.last_epoch}/{t.config['epochs']}"
+            lines.append(f"  {t.name:<28} {state:<11} epoch {s.last_epoch}/{t.config['epochs']}"
                          + (f", test {acc:.2f}%" if acc is not None else ""))
-    print(f"sweep {sweep.name}: {len(trials)} trials: "
+    print(f"sweep {plan.sweep.name}: {len(plan.trials)} trials: "
           + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
-    print("\n".join(lines))
+    if lines:
+        print("\n".join(lines))
+    if counts.get("interrupted"):
+        print(f"interrupted: their driver is gone; `python -m orchestrator run {args.sweep}` resumes them")
     return 0
 
 
 def cmd_tables(args) -> int:
     """Read-only unless --attach-figures: set-up errors are one `error:` line, exit 2,
     nothing written (and no MLflow store created)."""
-    import os
-
-    from .run import tracking
     from .results import ResultsError
     from .results.report import sweep_tracking_uri, write_results
+    from .run import tracking
 
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
     try:
         # As for run: --tracking-uri, $MLFLOW_TRACKING_URI, the sweep files', ./mlflow.db.
         given = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
         uri = tracking.resolve_tracking_uri(given, None if given else sweep_tracking_uri(args.sources))
+        tracking.check_store(uri)
         write_results(args.sources, uri, formats=formats, out_dir=args.out,   # prints each file
                       attach_figures=args.attach_figures)
     except ResultsError as err:
@@ -271,15 +233,18 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)")
     r.add_argument("--storage", help="checkpoint folder; shared by all nodes on a cluster "
                                      "(default: the sweep's storage_path, else ./ray_results)")
-    r.add_argument("--max-concurrent", type=int, help="trials at once (default: the sweep's)")
-    r.add_argument("--resources", help='per-trial resources as JSON, e.g. \'{"cpu": 2, "gpu": 0.25}\'')
+    r.add_argument("--max-concurrent", type=int, help="groups at once (default: the sweep's)")
+    r.add_argument("--resources", help="per group (Tune trial) as JSON, e.g. "
+                                       "'{\"cpu\": 2, \"gpu\": 0.25}' (default: the sweep's; "
+                                       "none: sized from the memory forecast)")
     r.add_argument("--gpu-memory", type=float, metavar="GB",
                    help="memory of each GPU in GB (1e9 bytes), to size GPU shares without "
                         "asking the cluster (default: read on each GPU node)")
-    r.add_argument("--dry-run", action="store_true", help="say what would run; launch nothing")
+    r.add_argument("--dry-run", action="store_true", help="say what would run; launch and write nothing")
     r.add_argument("--yes", action="store_true", help="start a paper-size sweep even on CPUs only")
     r.set_defaults(fn=cmd_run)
-    with_sweep("plan", "list the trials, their keys and their state in MLflow").set_defaults(fn=cmd_plan)
+    with_sweep("plan", "list the trials, their state, and the fused groups `run` would launch "
+                       "with their GPU memory forecast").set_defaults(fn=cmd_plan)
     with_sweep("status", "progress of a sweep from MLflow (works while `run` goes on)"
                ).set_defaults(fn=cmd_status)
     t = sub.add_parser("tables", help="rebuild the paper's tables, figures and report from MLflow",
@@ -296,9 +261,17 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # MLflow retries a dead server 7 times with long backoffs (minutes, silently); our own
+    # retries say what they wait for (orchestrator/run/tracking.py).
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     args = parser().parse_args(argv)
+    from .run.lease import LeaseHeld
+    from .run.packing import PackingError
+    from .run.tracking import StoreUnreachable
+
     try:
         return args.fn(args)
-    except (SweepError, PackingError, json.JSONDecodeError) as err:
+    except (SweepError, PackingError, LeaseHeld, StoreUnreachable) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import subprocess
 
-from orchestrator.run import tracking
+from orchestrator.run import provenance as tracking
 
 
 def head(root) -> str:

@@ -27,6 +27,8 @@ from .packing import GB, Node, PackingError
 RAY_ENV = {"RAY_CHDIR_TO_TRIAL_DIR": "0",       # trials keep the driver's folder; paths are absolute anyway
            "RAY_USAGE_STATS_ENABLED": "0",
            "RAY_AIR_NEW_OUTPUT": "0"}
+# The driver's settings for talking to MLflow, handed to every trial process.
+PASSED_ENV = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT", "SWEEP_TRACKING_RETRY_S")
 
 
 @dataclass
@@ -58,10 +60,11 @@ def start_ray(address: str | None) -> dict:
     """Join `address` (or RAY_ADDRESS) if given, else start a local Ray without a dashboard.
     Returns the cluster's total resources."""
     os.environ.update(RAY_ENV)
+    env = {**RAY_ENV, **{k: os.environ[k] for k in PASSED_ENV if k in os.environ}}
     if not ray.is_initialized():
         ray.init(address=address or os.environ.get("RAY_ADDRESS") or None,
                  include_dashboard=False, logging_level="WARNING", log_to_driver=True,
-                 runtime_env={"env_vars": RAY_ENV})
+                 runtime_env={"env_vars": env})
     return ray.cluster_resources()
 
 
@@ -103,12 +106,14 @@ def run_group(job: Job) -> None:
     its own MLflow run; report the group's progress to Tune once per epoch.
 
     A member that fails alone (a non-finite loss, an unusable checkpoint: trainer.errors)
-    is marked FAILED and the others go on; such a failure is not retried, since a retry
-    would repeat it. Anything else (a killed worker, an out-of-memory error) fails the
-    group, and Tune retries it (max_failures): each member resumes from its checkpoint.
-    A member FINISHED by an earlier attempt is not trained again.
+    is marked FAILED and the others go on; such a failure, or one of the whole group's
+    inputs (a bad dataset or config), is not retried, since a retry would repeat it.
+    Anything else (a killed worker, an out-of-memory error) fails the group, and Tune
+    retries it (max_failures): each member resumes from its checkpoint. A member FINISHED
+    by an earlier attempt is not trained again. A stopped sweep (Ctrl-C) leaves KILLED runs.
     """
     from trainer.config import Config
+    from trainer.errors import TrialError
     from trainer.train import MemberFailed, train_group
 
     names = [m.name for m in job.members]
@@ -148,6 +153,13 @@ def run_group(job: Job) -> None:
                 else:
                     logger.log_epoch(event.epoch, event.metrics)   # MLflow first: a crash before
             _report(events, len(running))                          # Tune hears only repeats it
+    except TrialError as err:                 # the group's inputs: a retry would repeat it
+        for name in running:
+            loggers[name].finish("FAILED", error=_error_text(err))
+    except (KeyboardInterrupt, SystemExit):   # Tune stopping the sweep
+        for name in running:
+            loggers[name].finish("KILLED")
+        raise
     except BaseException as err:
         for name in running:
             loggers[name].finish("FAILED", error=_error_text(err))

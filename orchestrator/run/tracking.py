@@ -10,10 +10,10 @@ from __future__ import annotations
 import functools
 import json
 import os
-import platform
 import random
-import subprocess
+import sys
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,21 +43,67 @@ def resolve_tracking_uri(flag: str | None, sweep_uri: str | None) -> str:
     return uri
 
 
+class StoreUnreachable(RuntimeError):
+    """The tracking store does not answer; the message names the URI and what to do."""
+
+
+def retry_seconds() -> float:
+    """How long a write keeps retrying a store that does not answer ($SWEEP_TRACKING_RETRY_S,
+    default 60 s): long enough for a SQLite lock or a server restart, not for an outage."""
+    return float(os.environ.get("SWEEP_TRACKING_RETRY_S", "60"))
+
+
+def _transient(err: Exception) -> bool:
+    text = str(err).lower()
+    return any(w in text for w in ("locked", "busy", "connection", "timed out", "timeout",
+                                   "already exists", "temporarily", "503", "502"))
+
+
 def _retry(fn):
-    """SQLite allows one writer at a time: concurrent trials see "database is locked".
-    Retry such transient errors with jittered backoff (about 60 s in all) instead of failing."""
+    """SQLite allows one writer at a time (concurrent trials see "database is locked"), a
+    server can restart, and two drivers can create a new store at once: retry such
+    transient errors with jittered backoff for retry_seconds(), saying what it waits for."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        for attempt in range(12):
+        deadline, attempt = time.monotonic() + retry_seconds(), 0
+        while True:
             try:
                 return fn(*args, **kwargs)
-            except Exception as err:  # MlflowException or sqlalchemy OperationalError
-                text = str(err).lower()
-                transient = "locked" in text or "busy" in text or "connection" in text
-                if not transient or attempt == 11:
+            except Exception as err:  # MlflowException, sqlalchemy OperationalError, requests
+                wait = min(8.0, 0.1 * 2 ** attempt) * (0.5 + random.random())
+                if not _transient(err) or time.monotonic() + wait > deadline:
                     raise
-                time.sleep(min(8.0, 0.1 * 2 ** attempt) * (0.5 + random.random()))
+                attempt += 1
+                if attempt >= 3:
+                    print(f"tracking: {fn.__name__} waits for the store ({type(err).__name__}: "
+                          f"{str(err).splitlines()[0][:160]}); retry {attempt} in {wait:.1f} s",
+                          file=sys.stderr, flush=True)
+                time.sleep(wait)
     return wrapper
+
+
+def local_store(uri: str) -> Path | None:
+    """The file a local SQLite store lives in, else None (a server or another database)."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):].split("?", 1)[0])
+    return None
+
+
+def check_store(uri: str, timeout: float = 5.0) -> bool:
+    """Whether the store exists, within seconds: a SQLite file is looked for (never
+    created here), a server is asked for /health. An unreachable server is an error."""
+    path = local_store(uri)
+    if path is not None:
+        return path.exists()
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+                return True
+        except (OSError, ValueError) as err:
+            raise StoreUnreachable(f"the MLflow tracking server at {uri} does not answer "
+                                   f"({type(err).__name__}: {err}); start it, or pass --tracking-uri "
+                                   f"(or set MLFLOW_TRACKING_URI) to a store that answers") from None
+    return True     # another database (postgresql://, ...): its first query tells
 
 
 @dataclass
@@ -73,21 +119,59 @@ def client(uri: str) -> MlflowClient:
 
 
 @_retry
-def ensure_experiment(uri: str, name: str) -> str:
-    """Create the sweep's experiment once, on the driver; returns its id."""
+def ensure_experiment(uri: str, name: str, description: str = "") -> str:
+    """Create the sweep's experiment once, on the driver; returns its id. The sweep's
+    description becomes the experiment's note (what the MLflow UI shows on its page)."""
     c = client(uri)
     exp = c.get_experiment_by_name(name)
-    if exp is not None:
-        if exp.lifecycle_stage == "deleted":
-            raise MlflowException(f"experiment {name!r} is deleted in {uri}; restore it "
-                                  f"(mlflow experiments restore) or rename the sweep")
-        return exp.experiment_id
-    return c.create_experiment(name)
+    if exp is not None and exp.lifecycle_stage == "deleted":
+        raise MlflowException(f"experiment {name!r} is deleted in {uri}; restore it "
+                              f"(mlflow experiments restore) or rename the sweep")
+    exp_id = exp.experiment_id if exp is not None else c.create_experiment(name)
+    if description:
+        c.set_experiment_tag(exp_id, "mlflow.note.content", description.strip())
+    return exp_id
+
+
+HEARTBEAT_TAG = "driver_heartbeat"     # JSON of the driver's lease (orchestrator/run/lease.py)
+
+
+@_retry
+def set_heartbeat(uri: str, experiment_id: str, holder: dict) -> None:
+    client(uri).set_experiment_tag(experiment_id, HEARTBEAT_TAG, json.dumps(holder))
+
+
+@_retry
+def heartbeat(uri: str, experiment_name: str) -> tuple[dict | None, float]:
+    """The last driver heartbeat of the sweep and its age in seconds ((None, inf): none)."""
+    if local_store(uri) is not None and not local_store(uri).exists():
+        return None, float("inf")
+    exp = client(uri).get_experiment_by_name(experiment_name)
+    raw = exp.tags.get(HEARTBEAT_TAG) if exp is not None else None
+    if not raw:
+        return None, float("inf")
+    holder = json.loads(raw)
+    return holder, time.time() - float(holder.get("beat", 0))
+
+
+@_retry
+def mark_killed(uri: str, run_ids: list[str]) -> list[str]:
+    """End the runs still RUNNING or SCHEDULED as KILLED (an interrupted sweep); returns them."""
+    c, killed = client(uri), []
+    for run_id in run_ids:
+        if c.get_run(run_id).info.status in ("RUNNING", "SCHEDULED"):
+            c.set_tag(run_id, "interrupted", time.strftime("%Y-%m-%d %H:%M:%S"))
+            c.set_terminated(run_id, status="KILLED")
+            killed.append(run_id)
+    return killed
 
 
 @_retry
 def runs_by_key(uri: str, experiment_name: str) -> dict[str, RunState]:
-    """trial_key -> the newest run holding it (the driver's view of what is done)."""
+    """trial_key -> the newest run holding it (the driver's view of what is done). A local
+    store that does not exist yet holds none (and is not created here)."""
+    if local_store(uri) is not None and not local_store(uri).exists():
+        return {}
     c = client(uri)
     exp = c.get_experiment_by_name(experiment_name)
     if exp is None:
@@ -108,55 +192,22 @@ def runs_by_key(uri: str, experiment_name: str) -> dict[str, RunState]:
 
 
 @_retry
-def create_run(uri: str, experiment_id: str, trial, sweep, tags: dict) -> str:
-    """One MLflow run per trial: params = the full config, tags = provenance, artifacts =
-    the trial config and the sweep file."""
+def create_run(uri: str, experiment_id: str, trial, sweep, tags: dict, config: dict) -> str:
+    """One MLflow run per trial: params = the config it runs with (`config`: the trial's,
+    with the paths and threads of this launch), tags = provenance, artifacts = that
+    config and the sweep file. (Params cannot change later: a resumed attempt that runs
+    with other paths or threads says so in its `ran_with` tag.)"""
     c = client(uri)
     run = c.create_run(experiment_id, run_name=trial.name,
                        tags={"trial_key": trial.key, "sweep": sweep.name, **tags})
     run_id = run.info.run_id
-    params = [Param(k, str(v)) for k, v in sorted(trial.config.items())]
+    params = [Param(k, str(v)) for k, v in sorted(config.items())]
     for i in range(0, len(params), MAX_PARAM_BATCH):
         c.log_batch(run_id, params=params[i:i + MAX_PARAM_BATCH])
-    c.log_text(run_id, json.dumps(trial.config, indent=2, sort_keys=True), "trial_config.json")
+    c.log_text(run_id, json.dumps(config, indent=2, sort_keys=True), "trial_config.json")
     c.log_text(run_id, sweep.text, f"sweep/{sweep.path.name}")
     c.update_run(run_id, status="SCHEDULED")
     return run_id
-
-
-CODE_ROOT = Path(__file__).resolve().parents[2]   # the checkout (or install) this code runs from
-
-
-def code_commit(root: Path = CODE_ROOT) -> str:
-    """The commit of the code that runs: its own git checkout (not the sweep file's folder,
-    which may lie anywhere), else $GIT_COMMIT (the Docker image has no .git; its build
-    passes the commit, see docker/Dockerfile), else "unknown". "-dirty" marks tracked
-    files changed since that commit."""
-    def git(*args):
-        try:
-            out = subprocess.run(["git", "-C", str(root), *args], capture_output=True,
-                                 text=True, timeout=10)
-        except (OSError, subprocess.SubprocessError):
-            return ""
-        return out.stdout.strip() if out.returncode == 0 else ""
-    top = git("rev-parse", "--show-toplevel")
-    if top and Path(top).resolve() == root.resolve():
-        commit = git("rev-parse", "HEAD")
-        if commit:
-            dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
-            return commit + ("-dirty" if dirty else "")
-    return os.environ.get("GIT_COMMIT", "").strip() or "unknown"
-
-
-def provenance_tags() -> dict:
-    """git commit of the code that runs, and the versions that matter."""
-    import mlflow
-    import ray
-    import torch
-
-    return {"git_commit": code_commit(),
-            "version.torch": torch.__version__, "version.ray": ray.__version__,
-            "version.mlflow": mlflow.__version__, "version.python": platform.python_version()}
 
 
 @_retry
@@ -185,6 +236,11 @@ class TrialLogger:
 
     @_retry
     def start(self, tags: dict) -> None:
+        """RUNNING, with this attempt's tags; an error tag of an earlier attempt goes."""
+        run = self.c.get_run(self.run_id)
+        for stale in ("error", "interrupted"):
+            if stale in run.data.tags:
+                self.c.delete_tag(self.run_id, stale)
         self.c.update_run(self.run_id, status="RUNNING")
         self.c.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 

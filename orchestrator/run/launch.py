@@ -1,0 +1,224 @@
+"""`run`, step by step: plan, check everything that can fail before Ray starts, take the
+sweep's lease, launch the fused groups on Tune, then say how each trial ended.
+
+    plan = make_plan(sweep, uri)                   # pure reads: MLflow states, groups
+    preflight(plan, storage)                       # storage writable, datasets readable
+    code = launch(plan, storage, options)          # Ray, runs, Tune; 130 when interrupted
+
+Nothing is written before `launch` (so `--dry-run` and a failed preflight leave the folder
+and the store as they were). Ctrl-C or SIGTERM stops the sweep: its unfinished runs are
+marked KILLED, the command to resume is printed, and `run` exits 130.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from trainer.config import Config
+from trainer.errors import TrialError
+
+from . import driver, provenance, tracking
+from .lease import TTL_S, Lease
+from .packing import pack
+from .plan import fuse_groups, group_forecast, group_name
+from .sweep import Sweep, SweepError, Trial, expand
+
+# CPU cost model for the "paper-size sweep on CPU" guard: forward GFLOP per 32x32 image of
+# VGG16's conv section (~15.5 GFLOP at 224x224, / 49), x3 for forward+backward, at ~3
+# GFLOP/s per core, what small-batch steps reached on the 2-core dev machine (BENCHMARKS.md).
+CONV_GFLOP_PER_IMAGE = 0.31
+CPU_GFLOPS_PER_CORE = 3.0
+CPU_HOURS_NEEDING_YES = 2.0
+INTERRUPTED = 130           # the shell's exit code for a command stopped by Ctrl-C
+
+
+@dataclass
+class RunPlan:
+    """What `run` will do: the sweep, where it logs, and the groups of trials still to run."""
+    sweep: Sweep
+    uri: str
+    trials: list[Trial]
+    states: dict                     # trial_key -> tracking.RunState
+    groups: list[list[Trial]]        # fused groups of the trials to run (new or resuming)
+
+    @property
+    def todo(self) -> list[Trial]:
+        return [t for g in self.groups for t in g]
+
+
+@dataclass
+class Options:
+    address: str | None = None       # Ray cluster to join
+    gpu_memory: float | None = None  # GB per GPU, instead of asking the cluster
+    yes: bool = False                # start a paper-size sweep on CPUs
+    command: str = ""                # how the user ran it: printed to resume
+
+
+def make_plan(sweep: Sweep, uri: str) -> RunPlan:
+    states = tracking.runs_by_key(uri, sweep.name)
+    trials = expand(sweep)
+    todo = [t for t in trials if t.key not in states or states[t.key].status != "FINISHED"]
+    return RunPlan(sweep, uri, trials, states, fuse_groups(todo, sweep.fuse))
+
+
+def steps_per_trial(config: dict) -> int:
+    cfg = Config.from_dict(config)
+    return cfg.epochs * (cfg.train_size // cfg.batch_size)
+
+
+def cpu_hours(trials: list[Trial], cpus_per_trial: float, total_cpus: float) -> float:
+    """A rough estimate of a sweep's wall time on CPUs only (see CPU_GFLOPS_PER_CORE)."""
+    gflop = sum(3 * CONV_GFLOP_PER_IMAGE / t.config["vgg_width_divisor"] ** 2
+                * (t.config["image_size"] / 32) ** 2
+                * t.config["batch_size"] * steps_per_trial(t.config) for t in trials)
+    parallel = max(1.0, total_cpus // max(cpus_per_trial, 1))
+    return gflop / (CPU_GFLOPS_PER_CORE * max(cpus_per_trial, 1)) / parallel / 3600
+
+
+def preflight(plan: RunPlan, storage: Path) -> None:
+    """What would otherwise fail inside every trial, checked once, before Ray starts: the
+    storage folder can be written, and the CIFAR files the trials read are whole."""
+    from trainer.data import check_cifar
+
+    blocking = next((p for p in (storage, *storage.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise SweepError(f"storage {storage}: {blocking} is a file, not a folder; pass --storage "
+                         f"(or storage_path:) a folder every node can write")
+    probe_dir = next(p for p in (storage, *storage.parents) if p.exists())
+    try:
+        with tempfile.TemporaryFile(dir=probe_dir):
+            pass
+    except OSError as err:
+        raise SweepError(f"storage {storage}: cannot write in {probe_dir} ({err.strerror}); pass "
+                         f"--storage (or storage_path:) a folder every node can write") from None
+    for dataset, data_dir in sorted({(t.config["dataset"], t.config["data_dir"]) for t in plan.todo}):
+        if dataset != "synthetic":
+            try:
+                check_cifar(dataset, Path(data_dir).resolve())
+            except TrialError as err:
+                raise SweepError(str(err)) from None
+
+
+def launch(plan: RunPlan, storage: Path, options: Options) -> int:
+    """Take the lease, start (or join) Ray, create the runs of new trials, run every group
+    on Tune; then say how each trial ended, and build the tables."""
+    sweep, uri = plan.sweep, plan.uri
+    lease = Lease(storage / sweep.name)
+    note = lease.acquire()
+    if note:
+        print(f"note: {note}")
+    try:
+        holder, age = tracking.heartbeat(uri, sweep.name)
+        if holder is not None and age < TTL_S and holder.get("id") != lease.me["id"] \
+                and not lease.is_dead(holder):
+            raise SweepError(f"another `run` of sweep {sweep.name} is active with another storage "
+                             f"folder (pid {holder.get('pid')} on {holder.get('host')}, heartbeat "
+                             f"{age:.0f} s ago in {uri}); wait for it, or stop it")
+        return _launch(plan, storage, options, lease)
+    finally:
+        lease.release()
+
+
+def _launch(plan: RunPlan, storage: Path, options: Options, lease: Lease) -> int:
+    sweep, uri = plan.sweep, plan.uri
+    cluster = driver.start_ray(options.address)
+    placements, warnings = pack(plan.groups, group_forecast, driver.cluster_nodes(options.gpu_memory),
+                                sweep.resources)
+    asks = sorted({json.dumps(p.resources, sort_keys=True) for p in placements})
+    print(f"on: Ray cluster with {cluster.get('CPU', 0):g} CPUs, {cluster.get('GPU', 0):g} GPUs; "
+          f"{len(placements)} group(s), each asking for {' or '.join(asks)}")
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    first = placements[0].resources
+    if not first.get("gpu"):
+        hours = cpu_hours(plan.todo, first.get("cpu", 1), cluster.get("CPU", 1))
+        if hours > CPU_HOURS_NEEDING_YES and not options.yes:
+            print(f"error: this sweep would take about {hours:,.0f} hours on these CPUs "
+                  f"(no GPU). Run it on a GPU cluster (README: 'Run on a GPU cluster'), or "
+                  f"pass --yes to start anyway.", file=sys.stderr)
+            return 2
+    if tracking.local_store(uri) is not None and not tracking.local_store(uri).exists():
+        print(f"new MLflow store: {tracking.local_store(uri)}")
+    experiment_id = tracking.ensure_experiment(uri, sweep.name, sweep.description)
+    lease.beat(lambda me: tracking.set_heartbeat(uri, experiment_id, me))
+    jobs = _jobs(plan, placements, storage, experiment_id)
+    with interrupt_guard() as interrupted:
+        driver.run_jobs(jobs, sweep.name, str(storage), sweep.max_failures, sweep.max_concurrent)
+    return _report(plan, experiment_id, interrupted, options)
+
+
+def _jobs(plan: RunPlan, placements, storage: Path, experiment_id: str) -> list:
+    """One driver.Job per placement; a new trial's MLflow run is created here."""
+    sweep, uri = plan.sweep, plan.uri
+    tags = provenance.provenance_tags()
+    jobs = []
+    for placement in placements:
+        threads = max(1, int(placement.resources.get("cpu", 1)))
+        members = []
+        for t in placement.group:
+            # What the trial runs with: absolute paths (trials run in other folders) and
+            # the threads its placement gives it.
+            config = {**t.config, "data_dir": str(Path(t.config["data_dir"]).resolve()), "threads": threads}
+            run_id = (plan.states[t.key].run_id if t.key in plan.states
+                      else tracking.create_run(uri, experiment_id, t, sweep, tags, config))
+            members.append(driver.Member(t.key, t.name, config, run_id, str(storage / sweep.name / t.key)))
+        jobs.append(driver.Job(group_name(placement.group), members, uri, threads, tags,
+                               placement.resources))
+    return jobs
+
+
+def _report(plan: RunPlan, experiment_id: str, interrupted: dict, options: Options) -> int:
+    uri, todo = plan.uri, plan.todo
+    after = tracking.runs_by_key(uri, plan.sweep.name)
+    unfinished = [t for t in todo if after.get(t.key) is None or after[t.key].status != "FINISHED"]
+    if interrupted["signal"]:
+        killed = tracking.mark_killed(uri, [after[t.key].run_id for t in unfinished if t.key in after])
+        print(f"\ninterrupted ({interrupted['signal']}): {len(todo) - len(unfinished)} of {len(todo)} "
+              f"trials finished, {len(killed)} marked KILLED. To resume them from their last "
+              f"checkpoints, run again:\n  {options.command}", file=sys.stderr)
+        return INTERRUPTED
+    print(f"\n{len(todo) - len(unfinished)} of {len(todo)} trials finished"
+          + (f"; not finished: {', '.join(t.name for t in unfinished)}" if unfinished else ""))
+    print(f"MLflow: {uri}\n  runs:  {runs_link(uri, experiment_id)}  "
+          f"(mlflow ui --backend-store-uri {uri})")
+    return 1 if unfinished else 0
+
+
+def runs_link(uri: str, experiment_id: str) -> str:
+    """Where the runs are in the MLflow UI: its experiment page opens on the GenAI view."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+@contextlib.contextmanager
+def interrupt_guard():
+    """Ctrl-C (SIGINT) and SIGTERM while Tune runs: remember which, and ask Tune to stop
+    its trials (SIGUSR1, Tune's own graceful stop). A second Ctrl-C stops at once."""
+    interrupted = {"signal": None}
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"      # Tune would swallow it: rc 0
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum, frame):
+        tune_listens = signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, signal.SIG_IGN, None)
+        if interrupted["signal"] or not tune_listens:
+            interrupted["signal"] = interrupted["signal"] or signal.Signals(signum).name
+            raise KeyboardInterrupt
+        interrupted["signal"] = signal.Signals(signum).name
+        print(f"\n{interrupted['signal']}: stopping the sweep (again to stop at once)...",
+              file=sys.stderr, flush=True)
+        signal.raise_signal(signal.SIGUSR1)
+    for s in previous:
+        signal.signal(s, handler)
+    try:
+        yield interrupted
+    except KeyboardInterrupt:
+        interrupted["signal"] = interrupted["signal"] or "SIGINT"
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
