@@ -100,6 +100,13 @@ timing() { TIMINGS+=("$(printf '%-40s %s' "$1" "$2")"); }
 secs() { local s=$1; printf '%dm%02ds (%d s)' $((s / 60)) $((s % 60)) "$s"; }
 compose() { docker-compose --ansi never -p "$PROJECT" -f "$COMPOSE_FILE_RENDERED" "$@"; }
 image_size() { docker image inspect -f '{{.Size}}' "$1" | awk '{printf "%.2f GB (%.0f bytes)", $1 / 1e9, $1}'; }
+drop_replaced() {  # drop_replaced OLD_ID TAG: the image a rebuild of TAG left untagged
+    local new
+    new=$(docker image inspect -f '{{.Id}}' "$2")
+    if [ -n "$1" ] && [ "$1" != "$new" ] && docker rmi "$1" >/dev/null 2>&1; then
+        info "removed the previous $2 (${1:7:12}), which this build replaced"
+    fi
+}
 
 # --- teardown: always, by project name --------------------------------------------------
 teardown() {
@@ -334,6 +341,8 @@ step "merging docker/compose.yaml with docker/compose.test.yaml (project $PROJEC
 if [ -z "${GIT_COMMIT:-}" ]; then
     GIT_COMMIT=$(git -C "$ROOT" rev-parse HEAD 2>/dev/null) \
         || fail "$ROOT is not a git checkout: set GIT_COMMIT to the commit this code is"
+    # as orchestrator/tracking.py marks a checkout with changes since that commit
+    [ -z "$(git -C "$ROOT" status --porcelain --untracked-files=no)" ] || GIT_COMMIT=$GIT_COMMIT-dirty
 fi
 info "GIT_COMMIT=$GIT_COMMIT (the build arg; every run must carry it as its git_commit tag)"
 export GIT_COMMIT SWEEP_IMAGE MLFLOW_IMAGE
@@ -367,13 +376,6 @@ EOF
 compose config -q 2>"$LOGS/config2.log" || { cat "$LOGS/config2.log"; fail "the merged compose file is invalid"; }
 
 # --- 5. build ---------------------------------------------------------------------------
-drop_replaced() {  # drop_replaced OLD_ID TAG: the image a rebuild of TAG left untagged
-    local new
-    new=$(docker image inspect -f '{{.Id}}' "$2")
-    if [ -n "$1" ] && [ "$1" != "$new" ] && docker rmi "$1" >/dev/null 2>&1; then
-        info "removed the previous $2 (${1:7:12}), which this build replaced"
-    fi
-}
 build() {  # build SERVICE LABEL TAG: one target through compose's own build section
     local service=$1 label=$2 tag=$3 t old; t=$(date +%s)
     old=$(docker image inspect -f '{{.Id}}' "$tag" 2>/dev/null || true)
@@ -517,8 +519,8 @@ problems += [f"{n} of {len(runs)} runs: {what}" for what, n in wrong.items()]
 if problems:
     print("MLflow check failed:\n  " + "\n  ".join(problems), file=sys.stderr)
     sys.exit(1)
-print(f"    {len(runs)} runs, one per trial, all FINISHED on the worker, git_commit as built;"
-      f" {n_artifacts} artifacts, read back through the server")
+print(f"    {len(runs)} runs, one per trial, all FINISHED on the worker, each with"
+      f" git_commit={os.environ['EXPECT_COMMIT']}; {n_artifacts} artifacts, read back through the server")
 EOF
 }
 step "checking the MLflow server's store"
