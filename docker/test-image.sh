@@ -33,11 +33,14 @@
 #   bash docker/test-image.sh                   # from the repository root or anywhere
 #   bash docker/test-image.sh --remove-images   # also remove the images it built
 #   bash docker/test-image.sh --prune-build-cache  # and empty the engine's build cache
-# Time: about 10 min the first time on 2 cores (most of it pip fetching torch's 2.9 GB of
-# CUDA wheels), a few minutes when the layers are cached. Disk: about 20 GB free needed.
+#   bash docker/test-image.sh --rebuild-standins   # make the stand-in bases anew
+# Time, on a 2-core machine: 5 min from nothing installed (apt, debootstrap and the
+# stand-ins 1.5 min; the sweep image's build, pip fetching torch's ~3 GB of CUDA wheels,
+# 1.5 min here and up to ~6 min on a slower link; the cluster and the sweep 1.5 min);
+# 1.5 min again when the images are cached. Disk: 20 GB free needed, ~9 GB kept.
 # It keeps the images it built (manifold-sweeps:standin-test, manifold-mlflow:standin-test
 # and the stand-ins) for a faster rerun, unless --remove-images; an image that a rebuild
-# replaces is removed. BuildKit's cache keeps the layers of each build (the install layer
+# replaces is removed. BuildKit's cache may keep the layers of each build (the install layer
 # is ~7 GB, rebuilt whenever the code changes) until --prune-build-cache or
 # `docker builder prune`. If it started dockerd it stops it at the end (KEEP_DOCKERD=1
 # keeps it running).
@@ -196,9 +199,11 @@ if [ "${#missing[@]}" != 0 ]; then
         "${missing[@]}" >>"$LOGS/apt.log" 2>&1 \
         || { tail -30 "$LOGS/apt.log"; fail "apt-get install ${missing[*]} failed"; }
 fi
-info "docker client: $(command -v docker) ($(docker version -f '{{.Client.Version}}' 2>/dev/null || echo '?'))"
+# (`docker version` prints the client's version, and fails, while no engine answers)
+client_version=$(docker version -f '{{.Client.Version}}' 2>/dev/null | head -1 || true)
+info "docker client: $(command -v docker) (${client_version:-?})"
 info "docker-compose: $(docker-compose version --short 2>/dev/null)"
-client_major=$(docker version -f '{{.Client.Version}}' 2>/dev/null | cut -d. -f1 || true)
+client_major=${client_version%%.*}
 if ! docker buildx version >/dev/null 2>&1 && [ "${client_major:-0}" -ge 23 ]; then
     fail "the docker client on PATH ($(command -v docker), ${client_major}.x) has no buildx, so it
     cannot build with BuildKit. Install Debian's client (apt-get install docker.io: /usr/bin/docker)
