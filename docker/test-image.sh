@@ -244,6 +244,7 @@ info "free disk at the engine's root: ${free_gb} GB"
 step "stand-in base images (no registry here: rayproject/ray, python, postgres cannot be pulled)"
 t=$(date +%s)
 if [ "$REBUILD_STANDINS" = 1 ] || ! docker image inspect "$STANDIN_DEBIAN" >/dev/null 2>&1; then
+    [ "$(id -u)" = 0 ] || fail "making $STANDIN_DEBIAN needs root (debootstrap): run this as root once"
     info "debootstrap bookworm (minbase + python3, python3-venv, python3-pip, ca-certificates)"
     mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
     debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,ca-certificates \
