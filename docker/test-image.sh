@@ -34,8 +34,8 @@
 #   bash docker/test-image.sh --remove-images   # also remove the images it built
 #   bash docker/test-image.sh --prune-build-cache  # and empty the engine's build cache
 #   bash docker/test-image.sh --rebuild-standins   # make the stand-in bases anew
-# Time, on a 2-core machine: 5 min from nothing installed (apt, debootstrap and the
-# stand-ins 1.5 min; the sweep image's build, pip fetching torch's ~3 GB of CUDA wheels,
+# Time, on a 2-core machine: 5-6 min from nothing installed (apt, debootstrap and the
+# stand-ins 1.5-2 min; the sweep image's build, pip fetching torch's ~3 GB of CUDA wheels,
 # 1.5 min here and up to ~6 min on a slower link; the cluster and the sweep 1.5 min);
 # 1.5 min again when the images are cached. Disk: 20 GB free needed, ~9 GB kept.
 # It keeps the images it built (manifold-sweeps:standin-test, manifold-mlflow:standin-test
