@@ -151,15 +151,51 @@ def test_image_defaults():
     assert f"{workdir.rstrip('/')}/data" in volumes
 
 
-def test_image_versions_match_the_pins():
+def dockerfile_args() -> dict[str, str]:
+    """The Dockerfile's ARG defaults (ARG NAME=value), unexpanded."""
     args = {}
     for line in DOCKERFILE.read_text().splitlines():
         m = re.match(r"ARG (\w+)=(\S+)", line)
         if m:
             args[m.group(1)] = m.group(2)
+    return args
+
+
+def stage_base(stage: dict) -> str:
+    """A stage's FROM image, with a whole-name build arg (FROM ${X}) replaced by its default."""
+    m = re.fullmatch(r"\$\{?(\w+)\}?", stage["from"])
+    return dockerfile_args()[m.group(1)] if m else stage["from"]
+
+
+def test_image_defaults_are_the_real_bases():
+    """The bases are build args (docker/test-image.sh builds from stand-ins); their defaults
+    are the real images."""
+    bases = {s["name"]: stage_base(s) for s in dockerfile_stages()}
+    assert bases["sweeps"] == "rayproject/ray:${RAY_VERSION}-py${PYTHON_VERSION}-${CUDA_TAG}"
+    assert bases["mlflow-server"].startswith("python:3."), bases["mlflow-server"]
+
+
+def test_dockerfile_pulls_no_frontend_image():
+    """`# syntax=` pulls the docker/dockerfile image at every build: none where no registry
+    is reachable. BuildKit's built-in frontend has what the file uses (RUN --mount)."""
+    first = DOCKERFILE.read_text().lstrip().splitlines()[0]
+    assert not re.match(r"#\s*syntax\s*=", first, re.IGNORECASE), first
+
+
+def test_mlflow_server_has_the_postgres_driver_sqlalchemy_uses():
+    """postgresql:// URIs mean psycopg 3 to SQLAlchemy 2.1 (mlflow's): psycopg2 alone fails."""
+    runs = " ".join(args for keyword, args in next(
+        s for s in dockerfile_stages() if s["name"] == "mlflow-server")["instructions"]
+        if keyword == "RUN")
+    assert re.search(r"psycopg\[binary\]==", runs), runs
+    assert dockerfile_args()["PSYCOPG_VERSION"].startswith("3."), dockerfile_args()["PSYCOPG_VERSION"]
+
+
+def test_image_versions_match_the_pins():
+    args = dockerfile_args()
     import ray
     assert args["RAY_VERSION"] == ray.__version__
-    base = final_stage()["from"]
+    base = stage_base(final_stage())
     assert base.startswith("rayproject/ray:${RAY_VERSION}"), base
     # torch's CUDA build and the base image's CUDA tag agree (13.0 -> cu130).
     import torch
@@ -225,6 +261,42 @@ def test_compose_builds_from_existing_files_and_stages():
         if build:
             assert (COMPOSE.parent / build["context"] / build["dockerfile"]).resolve() == DOCKERFILE
             assert build["target"] in stage_names, f"{name}: no stage {build['target']}"
+
+
+def test_compose_passes_the_commit_to_the_sweep_image():
+    """The image has no .git: runs get their git_commit tag from the GIT_COMMIT build arg."""
+    declared = set(dockerfile_args()) | set(re.findall(r"^ARG (\w+)\s*$", DOCKERFILE.read_text(), re.M))
+    for name, service in compose()["services"].items():
+        build = service.get("build")
+        if build and build["target"] == "sweeps":
+            args = build.get("args", {})
+            assert args.get("GIT_COMMIT", "").startswith("${GIT_COMMIT"), f"{name}: {args}"
+            assert set(args) <= declared, f"{name}: build args {set(args) - declared} not in the Dockerfile"
+
+
+def test_compose_test_override_only_swaps_images():
+    """docker/compose.test.yaml (docker/test-image.sh) changes images and build args, nothing
+    else: what the test runs is compose.yaml."""
+    override = yaml.safe_load((DOCKER / "compose.test.yaml").read_text())
+    services = compose()["services"]
+    declared = set(dockerfile_args())
+    for name, service in override["services"].items():
+        assert name in services, f"compose.test.yaml names an unknown service {name}"
+        assert set(service) <= {"image", "build"}, f"{name}: {set(service)}"
+        if "build" in service:
+            assert set(service["build"]) == {"args"} and set(service["build"]["args"]) <= declared
+
+
+def test_image_test_script_parses():
+    script = DOCKER / "test-image.sh"
+    assert script.read_text().startswith("#!/usr/bin/env bash\n")
+    assert "set -euo pipefail" in script.read_text()
+    result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    if shutil.which("shellcheck"):
+        result = subprocess.run(["shellcheck", "-S", "warning", str(script)],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stdout
 
 
 def test_compose_volumes_exist():
