@@ -95,7 +95,8 @@ def cmd_run(args) -> int:
                                                        _resume_command(args)))
     if code in (2, launch.INTERRUPTED):
         return code
-    return code or build_tables_step(plan.sweep, plan.uri)
+    tables = build_tables_step(plan.sweep, plan.uri)
+    return code or tables
 
 
 def _resume_command(args) -> str:
@@ -115,6 +116,11 @@ def build_tables_step(sweep: Sweep, uri: str) -> int:
     except ResultsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:   # the store stopped answering: the runs are safe, tables later
+        print(f"error: the tables were not built ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+              f"build them with `python -m orchestrator tables {sweep.path}` once {uri} answers",
+              file=sys.stderr)
+        return 1
     print(f"tables and report: {out}/ ({len(paths)} files)")
     return 0
 
@@ -122,11 +128,9 @@ def build_tables_step(sweep: Sweep, uri: str) -> int:
 def _states(plan) -> dict[str, str]:
     """trial_key -> what `plan` and `status` call its state. A RUNNING run whose driver
     stopped sending heartbeats (killed, or its node lost) is "interrupted": `run` resumes it."""
-    from .run import tracking
-    from .run.lease import TTL_S
+    from .run import lease, tracking
 
-    holder, age = tracking.heartbeat(plan.uri, plan.sweep.name)
-    live = holder is not None and not holder.get("released") and age < TTL_S
+    live = lease.alive(*tracking.heartbeat(plan.uri, plan.sweep.name))
     out = {}
     for t in plan.trials:
         s = plan.states.get(t.key)

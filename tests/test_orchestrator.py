@@ -7,74 +7,10 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
-import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-BASE = dict(dataset="synthetic", train_samples=120, test_samples=60, vgg_width_divisor=16,
-            augment=False, device="cpu", epochs=2, batch_size=6, lr=0.01,
-            alpha_first=0.0001, alpha_second=0.001, reg_lambda=0.001)
-
-
-def write_sweep(path: Path, name: str, grid: dict, base: dict | None = None, **top) -> Path:
-    doc = {"name": name, "description": "test sweep", "base": {**BASE, **(base or {})},
-           "grid": grid, "seeds": [0], "max_failures": 2, "reproduces": ["table1", "table2"],
-           **top}
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
-
-
-def runs(uri: str, name: str) -> list:
-    from mlflow.tracking import MlflowClient
-
-    c = MlflowClient(uri)
-    exp = c.get_experiment_by_name(name)
-    return [] if exp is None else c.search_runs([exp.experiment_id])
-
-
-def steps(uri: str, run_id: str, metric: str = "train_loss") -> list[int]:
-    from mlflow.tracking import MlflowClient
-
-    return sorted(m.step for m in MlflowClient(uri).get_metric_history(run_id, metric))
-
-
-def cli(cwd: Path, *args, **popen) -> subprocess.Popen:
-    """`python -m orchestrator ...` as its own process group, so a test can kill it whole."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "orchestrator", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, **popen)
-
-
-def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
-    out, _ = proc.communicate(timeout=timeout)
-    assert proc.returncode == 0, out
-    return out
-
-
-def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None):
-    """Poll until `predicate()` is truthy; fail at once if `proc` ends first (with its
-    output), else after a generous `timeout` (a loaded 2-core machine is slow, not stuck)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"the command ended (rc {proc.returncode}) before {what}:\n"
-                                 f"{proc.stdout.read() if proc.stdout else ''}")
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
-# Epochs of the trials the kill tests interrupt: enough that a trial is still running a
-# few seconds after its first epoch, even on an idle machine (an epoch here: ~0.5 s).
-EPOCHS = 12
+from e2e import EPOCHS, ROOT, cli, finish, free_port, mlflow_server, runs, steps, stop, wait_for, write_sweep
 
 
 @pytest.fixture
@@ -197,27 +133,10 @@ def test_paper_size_on_cpu_needs_yes(tmp_path, uri):
 
 def test_http_tracking_server(tmp_path):
     """The same sweep against a `mlflow server` on localhost."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # no job workers
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    port = free_port()
+    server = mlflow_server(tmp_path, port)
     try:
         uri = f"http://127.0.0.1:{port}"
-
-        def up():
-            import urllib.request
-            try:
-                return urllib.request.urlopen(f"{uri}/health", timeout=2).status == 200
-            except OSError:
-                return False
-        wait_for(up, 120, "mlflow server")
         sweep = write_sweep(tmp_path / "s.yaml", "http", {"regularizer": [False, True]},
                             resources={"cpu": 1})
         out = finish(cli(tmp_path, "run", str(sweep), "--tracking-uri", uri))
@@ -228,5 +147,4 @@ def test_http_tracking_server(tmp_path):
         status = finish(cli(tmp_path, "status", str(sweep), "--tracking-uri", uri))
         assert "2 finished" in status
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        stop(server)

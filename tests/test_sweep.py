@@ -1,7 +1,6 @@
 """Sweep files -> trials: shipped sweeps, stable keys, and one named case per bad file."""
 import dataclasses
 import pathlib
-import textwrap
 
 import hashlib
 import json

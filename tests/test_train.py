@@ -10,8 +10,8 @@ import torch.nn.functional as F
 
 from trainer.config import Config, ConfigError
 import trainer.group as group_module
-from trainer.checkpoint import CHECKPOINT, PREVIOUS
-from trainer.errors import CorruptCheckpoint, NonFiniteLoss, ResumeMismatch
+from trainer.checkpoint import CHECKPOINT
+from trainer.errors import NonFiniteLoss, ResumeMismatch
 from trainer.manifold import alpha, local_loss, local_terms
 from trainer.memory import MemoryTimeline, model_bytes
 from trainer.model import Net, build_model

@@ -24,7 +24,7 @@ from trainer.config import Config
 from trainer.errors import TrialError
 
 from . import driver, provenance, tracking
-from .lease import TTL_S, Lease
+from .lease import Lease, alive
 from .packing import pack
 from .plan import fuse_groups, group_forecast, group_name
 from .sweep import Sweep, SweepError, Trial, expand
@@ -84,7 +84,7 @@ def cpu_hours(trials: list[Trial], cpus_per_trial: float, total_cpus: float) -> 
 def preflight(plan: RunPlan, storage: Path) -> None:
     """What would otherwise fail inside every trial, checked once, before Ray starts: the
     storage folder can be written, and the CIFAR files the trials read are whole."""
-    from trainer.data import check_cifar
+    from trainer.cifar import check_cifar
 
     blocking = next((p for p in (storage, *storage.parents) if p.exists() and not p.is_dir()), None)
     if blocking is not None:
@@ -115,8 +115,7 @@ def launch(plan: RunPlan, storage: Path, options: Options) -> int:
         print(f"note: {note}")
     try:
         holder, age = tracking.heartbeat(uri, sweep.name)
-        if holder is not None and age < TTL_S and holder.get("id") != lease.me["id"] \
-                and not lease.is_dead(holder):
+        if alive(holder, age) and holder.get("id") != lease.me["id"]:
             raise SweepError(f"another `run` of sweep {sweep.name} is active with another storage "
                              f"folder (pid {holder.get('pid')} on {holder.get('host')}, heartbeat "
                              f"{age:.0f} s ago in {uri}); wait for it, or stop it")
@@ -143,7 +142,7 @@ def _launch(plan: RunPlan, storage: Path, options: Options, lease: Lease) -> int
                   f"(no GPU). Run it on a GPU cluster (README: 'Run on a GPU cluster'), or "
                   f"pass --yes to start anyway.", file=sys.stderr)
             return 2
-    if tracking.local_store(uri) is not None and not tracking.local_store(uri).exists():
+    if tracking.ensure_store(uri):
         print(f"new MLflow store: {tracking.local_store(uri)}")
     experiment_id = tracking.ensure_experiment(uri, sweep.name, sweep.description)
     lease.beat(lambda me: tracking.set_heartbeat(uri, experiment_id, me))
@@ -175,7 +174,14 @@ def _jobs(plan: RunPlan, placements, storage: Path, experiment_id: str) -> list:
 
 def _report(plan: RunPlan, experiment_id: str, interrupted: dict, options: Options) -> int:
     uri, todo = plan.uri, plan.todo
-    after = tracking.runs_by_key(uri, plan.sweep.name)
+    try:
+        after = tracking.runs_by_key(uri, plan.sweep.name)
+    except Exception as err:     # the store went away during the sweep
+        print(f"\nerror: the tracking store {uri} does not answer ({type(err).__name__}: "
+              f"{str(err).splitlines()[0][:200]}), so how the trials ended is unknown. When it "
+              f"answers again, this resumes every unfinished trial:\n  {options.command}",
+              file=sys.stderr)
+        return 1
     unfinished = [t for t in todo if after.get(t.key) is None or after[t.key].status != "FINISHED"]
     if interrupted["signal"]:
         killed = tracking.mark_killed(uri, [after[t.key].run_id for t in unfinished if t.key in after])

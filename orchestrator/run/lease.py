@@ -60,7 +60,7 @@ class Lease:
                 holder, age = self.read()
                 if holder is None:             # vanished meanwhile (released): try again
                     continue
-                if age < TTL_S and not self.is_dead(holder):
+                if age < TTL_S and not is_dead(holder):
                     raise LeaseHeld(f"another `run` of this sweep is active ({describe(holder, age)}; "
                                     f"lease {self.path}). Wait for it to finish, or stop it (Ctrl-C); "
                                     f"if it died, its lease expires {TTL_S - age:.0f} s from now")
@@ -72,13 +72,6 @@ class Lease:
                 json.dump({**self.me, "beat": time.time()}, f)
             return None
         raise LeaseHeld(f"could not take the lease {self.path}: another driver keeps taking it")
-
-    def is_dead(self, holder: dict) -> bool:
-        """Whether a holder on this host is a process that no longer exists (a driver killed
-        a moment ago need not wait for its lease to expire); elsewhere, only TTL_S tells."""
-        if holder.get("host") != self.me["host"]:
-            return False
-        return _proc_start(int(holder.get("pid", 0))) != holder.get("proc_start")
 
     def read(self) -> tuple[dict | None, float]:
         """The lease's holder and the age of its last heartbeat (seconds)."""
@@ -134,6 +127,19 @@ class Lease:
                 self._write({**self.me, "beat": 0, "released": True})
             except Exception:
                 pass
+
+
+def is_dead(holder: dict) -> bool:
+    """Whether a lease holder on this host is a process that no longer exists (a driver
+    killed a moment ago need not wait for its lease to expire); elsewhere only TTL_S tells."""
+    if holder.get("host") != socket.gethostname():
+        return False
+    return _proc_start(int(holder.get("pid", 0))) != holder.get("proc_start")
+
+
+def alive(holder: dict | None, age: float) -> bool:
+    """Whether the driver behind a heartbeat still runs its sweep."""
+    return holder is not None and not holder.get("released") and age < TTL_S and not is_dead(holder)
 
 
 def _proc_start(pid: int) -> str | None:

@@ -56,7 +56,9 @@ def retry_seconds() -> float:
 def _transient(err: Exception) -> bool:
     text = str(err).lower()
     return any(w in text for w in ("locked", "busy", "connection", "timed out", "timeout",
-                                   "already exists", "temporarily", "503", "502"))
+                                   "temporarily", "503", "502",
+                                   # another process is creating the same new store
+                                   "already exists", "no such table", "no such column", "alembic"))
 
 
 def _retry(fn):
@@ -87,6 +89,26 @@ def local_store(uri: str) -> Path | None:
     if uri.startswith("sqlite:///"):
         return Path(uri[len("sqlite:///"):].split("?", 1)[0])
     return None
+
+
+def ensure_store(uri: str) -> bool:
+    """Create a new local SQLite store whole, or not at all: its tables are made in a
+    private file which is then linked into place (atomic; it never replaces a store). A
+    process that opens the path sees a complete schema, never one half migrated by the
+    driver (two processes migrating one new file at once can wreck it). True if created."""
+    path = local_store(uri)
+    if path is None or path.exists():
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
+    try:
+        MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments(max_results=1)
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False                       # another driver made it meanwhile: use theirs
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def check_store(uri: str, timeout: float = 5.0) -> bool:

@@ -1,0 +1,243 @@
+"""Faults a real sweep meets, each reproduced end to end (real Ray, real SQLite, a real
+`mlflow server`): nothing lost, nothing run twice, nothing left hanging, no traceback for
+a set-up mistake. Every wait polls for its event with a generous limit.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from e2e import EPOCHS, cli, finish, free_port, mlflow_server, runs, steps, stop, wait_for, write_sweep
+from orchestrator.run.sweep import expand, load_sweep
+
+
+@pytest.fixture
+def uri(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def running_with_epoch(uri: str, name: str):
+    return lambda: any(r.info.status == "RUNNING" and steps(uri, r.info.run_id) for r in runs(uri, name))
+
+
+def long_sweep(tmp_path: Path, name: str, **top) -> Path:
+    return write_sweep(tmp_path / "s.yaml", name, {"regularizer": [False, True]},
+                       base={"epochs": EPOCHS, "train_samples": 600}, resources={"cpu": 1}, **top)
+
+
+def test_an_outage_of_the_tracking_server_loses_no_epoch(tmp_path):
+    """The server dies mid-trial for longer than the retries: the trials fail. When it is
+    back, `run` resumes them and re-logs every epoch their checkpoints hold that never
+    reached MLflow: steps 1..N exactly, no gap (the defect: [1,2,4,5,6]) and no duplicate."""
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    sweep = long_sweep(tmp_path, "outage", max_failures=0)
+    server = mlflow_server(tmp_path, port)
+    env = {"SWEEP_TRACKING_RETRY_S": "3"}                     # give up on the store quickly
+    try:
+        proc = cli(tmp_path, "run", str(sweep), "--tracking-uri", uri, env=env)
+        wait_for(running_with_epoch(uri, "outage"), 600, "a trial's first epoch", proc)
+        stop(server, signal.SIGKILL)                           # down for good, mid-trial
+        out, _ = proc.communicate(timeout=600)
+        assert proc.returncode != 0, out
+    finally:
+        stop(server)
+    server = mlflow_server(tmp_path, port)                     # back, same store
+    try:
+        out = finish(cli(tmp_path, "run", str(sweep), "--tracking-uri", uri))
+        assert "2 resuming" in out
+        after = runs(uri, "outage")
+        assert len(after) == 2 and {r.info.status for r in after} == {"FINISHED"}
+        for r in after:
+            assert steps(uri, r.info.run_id) == list(range(1, EPOCHS + 1))
+            assert steps(uri, r.info.run_id, "test_accuracy") == list(range(1, EPOCHS + 1))
+            assert "error" not in r.data.tags                    # the outage's error is gone
+    finally:
+        stop(server)
+
+
+def test_a_second_driver_on_a_running_sweep_is_refused(tmp_path, uri):
+    """While one `run` trains, a second one of the same sweep exits 2 at once, naming the
+    first; the first finishes alone: one FINISHED run per trial, every step once."""
+    sweep = long_sweep(tmp_path, "two")
+    first = cli(tmp_path, "run", str(sweep), "--tracking-uri", uri)
+    wait_for(running_with_epoch(uri, "two"), 600, "a trial's first epoch", first)
+    t0 = time.time()
+    second = cli(tmp_path, "run", str(sweep), "--tracking-uri", uri)
+    out, _ = second.communicate(timeout=300)
+    assert second.returncode == 2, out
+    assert "another `run` of this sweep is active" in out and f"pid {first.pid}" in out
+    assert time.time() - t0 < 120 and "Traceback" not in out
+    finish(first, timeout=600)
+    after = runs(uri, "two")
+    assert len(after) == 2 and {r.info.status for r in after} == {"FINISHED"}
+    assert all(steps(uri, r.info.run_id) == list(range(1, EPOCHS + 1)) for r in after)
+
+
+def test_two_drivers_started_at_once_on_an_empty_store_run_the_sweep_once(tmp_path, uri):
+    sweep = write_sweep(tmp_path / "s.yaml", "race", {"regularizer": [False, True]}, resources={"cpu": 1})
+    procs = [cli(tmp_path, "run", str(sweep), "--tracking-uri", uri) for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes == [0, 2], outs
+    assert all("Traceback" not in o for o in outs)
+    after = runs(uri, "race")
+    assert len(after) == 2 and {r.info.status for r in after} == {"FINISHED"}
+
+
+@pytest.mark.parametrize("command", [["run"], ["plan"], ["status"], ["tables"]],
+                         ids=["run", "plan", "status", "tables"])
+def test_an_unreachable_tracking_server_fails_within_seconds(tmp_path, command):
+    sweep = write_sweep(tmp_path / "s.yaml", "gone", {"regularizer": [False]})
+    uri = f"http://127.0.0.1:{free_port()}"                    # nothing listens there
+    t0 = time.time()
+    proc = cli(tmp_path, *command, str(sweep), "--tracking-uri", uri)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2, out
+    assert f"the MLflow tracking server at {uri} does not answer" in out and "Traceback" not in out
+    assert time.time() - t0 < 60                                # the defect: silent for ~50 min
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_an_interrupted_sweep_says_so_and_resumes(tmp_path, uri, sig):
+    """Ctrl-C (or SIGTERM) stops the sweep: exit 130 (not 0, not a native stack dump), the
+    runs KILLED, no tables, the command to resume printed; running it again finishes them
+    in the same runs, without a stale error tag."""
+    sweep = long_sweep(tmp_path, "stop")
+    proc = cli(tmp_path, "run", str(sweep), "--tracking-uri", uri)
+    wait_for(running_with_epoch(uri, "stop"), 600, "a trial's first epoch", proc)
+    os.kill(proc.pid, sig)                                      # the driver alone, as a shell does
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 130, out
+    assert "run again" in out and f"python -m orchestrator run {sweep}" in out
+    assert "trials finished" not in out.split("interrupted")[0]    # no success line before it
+    assert not (tmp_path / "results").exists()                     # no tables of a half sweep
+    stopped = runs(uri, "stop")
+    assert {r.info.status for r in stopped} == {"KILLED"}
+    status = finish(cli(tmp_path, "status", str(sweep), "--tracking-uri", uri))
+    assert "2 killed" in status
+    finish(cli(tmp_path, "run", str(sweep), "--tracking-uri", uri))
+    for r in runs(uri, "stop"):
+        assert r.info.status == "FINISHED" and steps(uri, r.info.run_id) == list(range(1, EPOCHS + 1))
+        assert not {"error", "interrupted"} & set(r.data.tags)
+
+
+def test_a_killed_driver_shows_interrupted_and_leaves_nothing_behind(tmp_path, uri):
+    sweep = long_sweep(tmp_path, "dead")
+    proc = cli(tmp_path, "run", str(sweep), "--tracking-uri", uri)
+    wait_for(running_with_epoch(uri, "dead"), 600, "a trial's first epoch", proc)
+    os.kill(proc.pid, signal.SIGKILL)                            # the driver only
+    proc.wait()
+    status = finish(cli(tmp_path, "status", str(sweep), "--tracking-uri", uri))
+    assert "interrupted" in status and "resumes them" in status  # not "running" forever
+    out = finish(cli(tmp_path, "run", str(sweep), "--tracking-uri", uri), timeout=600)
+    assert "took over the lease" in out                          # no wait for the lease to age
+    assert all(r.info.status == "FINISHED" for r in runs(uri, "dead"))
+    left = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _pgid(int(p.name)) == proc.pid]
+    assert left == [], "the dead driver's Ray processes are still there"
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
+def test_a_corrupt_checkpoint_fails_once_naming_the_file(tmp_path, uri):
+    """A trial whose only checkpoint is garbage fails at once (not 3 attempts per run),
+    its error names the file and what to do; its sweep-mate trains on."""
+    sweep = write_sweep(tmp_path / "s.yaml", "corrupt", {"regularizer": [False, True]}, resources={"cpu": 1})
+    bad = expand(load_sweep(sweep))[0]
+    folder = tmp_path / "ray_results" / "corrupt" / bad.key
+    folder.mkdir(parents=True)
+    (folder / "checkpoint.pt").write_bytes(b"\x00garbage" * 100)
+    proc = cli(tmp_path, "run", str(sweep), "--tracking-uri", uri)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 1, out
+    assert out.count("started") == 1                             # one attempt: not retried
+    by_name = {r.info.run_name: r for r in runs(uri, "corrupt")}
+    assert by_name[bad.name].info.status == "FAILED"
+    error = by_name[bad.name].data.tags["error"]
+    assert str(folder / "checkpoint.pt") in error and f"Delete {folder}" in error
+    assert {r.info.status for n, r in by_name.items() if n != bad.name} == {"FINISHED"}
+
+
+def write_cifar10(root: Path, damage=None) -> Path:
+    """A tiny CIFAR-10 folder in torchvision's layout; `damage(folder)` breaks a file."""
+    import numpy as np
+
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for i, name in enumerate([f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]):
+        data = (np.arange(12 * 3072) % 251 + i).astype(np.uint8).reshape(12, 3072)
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"data": data, b"labels": [j % 10 for j in range(12)]}, f)
+    if damage:
+        damage(folder)
+    return folder
+
+
+@pytest.mark.parametrize("damage,said", [
+    (lambda f: (f / "data_batch_1").write_bytes((f / "data_batch_1").read_bytes()[:500]), "data_batch_1"),
+    (lambda f: pickle.dump({b"data": pickle.load(open(f / "test_batch", "rb"), encoding="bytes")[b"data"],
+                            b"labels": list(range(11))}, open(f / "test_batch", "wb")), "test_batch"),
+], ids=["truncated", "labels-one-short"])
+def test_bad_cifar_files_stop_the_sweep_before_any_trial(tmp_path, uri, damage, said):
+    write_cifar10(tmp_path / "data", damage)
+    sweep = write_sweep(tmp_path / "s.yaml", "data", {"regularizer": [False]},
+                        base={"dataset": "cifar10", "data_dir": str(tmp_path / "data"),
+                              "train_samples": 0, "test_samples": 0})
+    proc = cli(tmp_path, "run", str(sweep), "--tracking-uri", uri)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 2, out
+    assert out.startswith("error:") or "\nerror:" in out
+    assert str(tmp_path / "data" / "cifar-10-batches-py" / said) in out and "Traceback" not in out
+    assert not (tmp_path / "mlflow.db").exists()                 # before any run was created
+
+
+@pytest.mark.parametrize("args,said", [
+    (["--storage", "FILE"], "is a file, not a folder"),
+    (["--resources", "not json"], "--resources 'not json' is not JSON"),
+    (["--resources", '{"gpus": 1}'], "resources.gpus is not allowed"),
+], ids=["storage-is-a-file", "resources-not-json", "resources-unknown-key"])
+def test_set_up_mistakes_are_one_error_line_before_anything_runs(tmp_path, uri, args, said):
+    sweep = write_sweep(tmp_path / "s.yaml", "setup", {"regularizer": [False]})
+    (tmp_path / "FILE").write_text("not a folder")
+    args = [str(tmp_path / "FILE") if a == "FILE" else a for a in args]
+    proc = cli(tmp_path, "run", str(sweep), "--tracking-uri", uri, *args)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and said in out, out
+    assert "Traceback" not in out and not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("command", ["plan", "status"])
+def test_a_mistyped_store_path_is_not_created_by_a_read_only_command(tmp_path, command):
+    sweep = write_sweep(tmp_path / "s.yaml", "typo", {"regularizer": [False, True]})
+    typo = tmp_path / "mlfow.db"
+    out = finish(cli(tmp_path, command, str(sweep), "--tracking-uri", f"sqlite:///{typo}"))
+    assert f"no MLflow store at {typo} yet" in out
+    assert not typo.exists() and not (tmp_path / "mlruns").exists()
+
+
+def test_dry_run_leaves_the_folder_as_it_was(tmp_path):
+    sweep = write_sweep(tmp_path / "s.yaml", "dry", {"regularizer": [False, True]})
+    before = sorted(p.name for p in tmp_path.iterdir())
+    out = finish(cli(tmp_path, "run", str(sweep), "--dry-run"))
+    assert "would run 2 together" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_run_prints_the_link_that_opens_the_runs(tmp_path, uri):
+    sweep = write_sweep(tmp_path / "s.yaml", "link", {"regularizer": [False]}, resources={"cpu": 1})
+    out = finish(cli(tmp_path, "run", str(sweep), "--tracking-uri", uri))
+    experiment = MlflowClient(uri).get_experiment_by_name("link")
+    assert f"#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning" in out
+    assert experiment.tags["mlflow.note.content"] == "test sweep"   # the sweep's description
