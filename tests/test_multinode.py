@@ -36,7 +36,7 @@ RAY = str(BIN / "ray") if (BIN / "ray").exists() else shutil.which("ray")
 MLFLOW = str(BIN / "mlflow") if (BIN / "mlflow").exists() else shutil.which("mlflow")
 
 try:
-    import orchestrator  # noqa: F401
+    import orchestrator  # noqa: F401  (the CLI this test drives)
 except ImportError as e:  # the CLI contract is issue 3's
     pytest.skip(f"orchestrator package not importable ({e}); this test drives its CLI",
                 allow_module_level=True)
@@ -225,6 +225,9 @@ def write_sweep(directory: Path, name: str, epochs: int, train_samples: int) -> 
                  "augment": False, "device": "cpu"},
         "grid": {"regularizer": [False, True]},
         "seeds": [0, 1],
+        # 4 trials in 2 fused groups of 1 CPU each, both at once, on 2 nodes of 1 CPU each:
+        # Tune reserves both groups' resources together, so each node gets one group.
+        "fuse": 2,
         "resources": {"cpu": 1},
         "max_failures": 2,
         "max_concurrent": 2,

@@ -2,17 +2,20 @@
 
 For the cat and dog samples, the activations at the conv output and at each bottleneck
 layer are embedded in 2-D with t-SNE (Figure 4), and a linear discriminant is scored on
-that 2-D embedding (Figure 5). Pure numpy/scikit-learn: the trainer calls it at the end
-of a run and the orchestrator writes the result to MLflow as `representation_analysis.json`
+that 2-D embedding (Figure 5). `analyze` gathers a network's activations; the rest is pure
+numpy/scikit-learn. The trainer calls it at the end of a run and the orchestrator writes the
+result to MLflow as `representation_analysis.json`
 ({"train": <result>, "test": <result>}; the shape is documented in orchestrator/results/figures.py).
 """
 from __future__ import annotations
 
 import numpy as np
+import torch
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.manifold import TSNE
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 
+ANALYSIS_BATCH = 1000    # 32x32 images per forward pass when gathering activations
 TSNE_PERPLEXITY = 30.0   # sklearn's default; clipped to (N - 1) / 3 for small N
 LDA_FOLDS = 5            # folds of the cross-validated LDA accuracy (fewer if a class is smaller)
 
@@ -77,3 +80,22 @@ def representation_analysis(activations: dict[str, np.ndarray], labels: np.ndarr
         result["embeddings"][layer] = embedding.round(4).tolist()
         result["lda_accuracy"][layer] = round(lda_accuracy(embedding, labels, seed=seed), 4)
     return result
+
+
+@torch.no_grad()
+def analyze(model, data, cfg) -> dict:
+    """Figures 4-5 for one trained network (a trainer.model.Net) on its data
+    (trainer.data.Data) and config: t-SNE + LDA of the cat (3) and dog (5) activations at the
+    conv output and every head layer, for the training and the test set."""
+    model.eval()
+    dtype = getattr(torch, cfg.dtype)
+    out = {}
+    for split, x, y in (("train", data.train_x, data.train_y), ("test", data.test_x, data.test_y)):
+        idx = torch.cat([(y == c).nonzero()[:cfg.analysis_samples, 0] for c in (3, 5)])
+        chunks = idx.split(max(1, ANALYSIS_BATCH // (cfg.image_size // 32) ** 2))
+        feats = [torch.cat(f) for f in zip(*(model(data.normalize(x[c], dtype, cfg.image_size))[1]
+                                           for c in chunks))]
+        names = ["conv"] + [f"FC{k}" for k in range(1, len(feats))]
+        acts = {n: f.float().cpu().numpy() for n, f in zip(names, feats)}
+        out[split] = representation_analysis(acts, y[idx].cpu().numpy(), seed=cfg.seed)
+    return out

@@ -299,27 +299,9 @@ def _final(group: Group, i: int, data: Data) -> Measurement:
     if m.cfg.representation_analysis:
         net = build_model(m.cfg)
         net.load_state_dict(group.member_state(i)[0])
+        from .analysis import analyze   # scikit-learn: only when asked for
         artifacts["representation_analysis.json"] = analyze(net.to(data.train_x.device), data, m.cfg)
     return Measurement(m.epoch, metrics, None, artifacts, final=True, member=m.index)
-
-
-@torch.no_grad()
-def analyze(model, data: Data, cfg: Config) -> dict:
-    """Figures 4-5: t-SNE + LDA of cat (3) and dog (5) activations at every head layer."""
-    from .analysis import representation_analysis  # scikit-learn: only when asked for
-
-    model.eval()
-    dtype = getattr(torch, cfg.dtype)
-    out = {}
-    for split, x, y in (("train", data.train_x, data.train_y), ("test", data.test_x, data.test_y)):
-        idx = torch.cat([(y == c).nonzero()[:cfg.analysis_samples, 0] for c in (3, 5)])
-        chunks = idx.split(max(1, EVAL_BATCH // (cfg.image_size // 32) ** 2))
-        feats = [torch.cat(f) for f in zip(*(model(data.normalize(x[c], dtype, cfg.image_size))[1]
-                                           for c in chunks))]
-        names = ["conv"] + [f"FC{k}" for k in range(1, len(feats))]
-        acts = {n: f.float().cpu().numpy() for n, f in zip(names, feats)}
-        out[split] = representation_analysis(acts, y[idx].cpu().numpy(), seed=cfg.seed)
-    return out
 
 
 def _timeline_artifact(timeline: MemoryTimeline, m: Member) -> dict:
