@@ -470,15 +470,21 @@ n_trials=$(printf '%s\n' "$plan_out" | sed -n 's/^\([0-9][0-9]*\) trials, tracki
 [ -n "$n_trials" ] || fail "could not read the number of trials from \`orchestrator plan\`: $plan_out"
 info "$SWEEP: $n_trials trials"
 
+run_sweep() {  # $1: which run (for messages), $2: its log; the driver's output is shown as it goes
+    local t rc
+    t=$(date +%s)
+    set +e
+    timeout "$RUN_TIMEOUT" docker-compose --ansi never -p "$PROJECT" -f "$COMPOSE_FILE_RENDERED" \
+        run --rm -T driver run "$SWEEP" --yes 2>&1 | tee "$2" | sed 's/^/    | /'
+    rc=${PIPESTATUS[0]}
+    set -e
+    [ "$rc" = 0 ] || fail "the $1 exited $rc (its output is above and in $2)"
+    elapsed=$(( $(date +%s) - t ))
+}
+
 step "docker-compose run --rm driver run $SWEEP --yes (the first run: $n_trials trials)"
-t=$(date +%s)
-set +e
-timeout "$RUN_TIMEOUT" docker-compose --ansi never -p "$PROJECT" -f "$COMPOSE_FILE_RENDERED" \
-    run --rm -T driver run "$SWEEP" --yes 2>&1 | tee "$LOGS/run1.log" | sed 's/^/    | /'
-run_rc=${PIPESTATUS[0]}
-set -e
-[ "$run_rc" = 0 ] || fail "the first run exited $run_rc (its output is above and in $LOGS/run1.log)"
-timing "first run ($n_trials trials)" "$(secs $(( $(date +%s) - t )))"
+run_sweep "first run" "$LOGS/run1.log"
+timing "first run ($n_trials trials)" "$(secs "$elapsed")"
 
 check_mlflow() {  # every trial: one run, FINISHED, on the worker, with the build's commit
     compose exec -T -e EXPECT_TRIALS="$n_trials" -e EXPECT_COMMIT="$GIT_COMMIT" \
@@ -533,15 +539,9 @@ step "checking the MLflow server's store"
 check_mlflow || fail "the MLflow runs are not what the first run should leave (above)"
 
 step "docker-compose run --rm driver run $SWEEP --yes (again: must launch nothing)"
-t=$(date +%s)
-set +e
-timeout "$RUN_TIMEOUT" docker-compose --ansi never -p "$PROJECT" -f "$COMPOSE_FILE_RENDERED" \
-    run --rm -T driver run "$SWEEP" --yes 2>&1 | tee "$LOGS/run2.log" | sed 's/^/    | /'
-run_rc=${PIPESTATUS[0]}
-set -e
-[ "$run_rc" = 0 ] || fail "the second run exited $run_rc (output above)"
+run_sweep "second run" "$LOGS/run2.log"
 grep -q "nothing to run: every trial is FINISHED in MLflow." "$LOGS/run2.log" \
     || fail "the second run did not say 'nothing to run: every trial is FINISHED in MLflow.'"
-timing "second run (nothing to run)" "$(secs $(( $(date +%s) - t )))"
+timing "second run (nothing to run)" "$(secs "$elapsed")"
 check_mlflow >/dev/null || fail "the second run changed the MLflow runs"
 info "the second run launched nothing; MLflow still holds one FINISHED run per trial"

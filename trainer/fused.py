@@ -14,8 +14,9 @@ state_dict of that trial's Net (the checkpoint format).
 - conv section: images (B, N*3, S, S); member m owns channel block m; Conv2d is one
   grouped conv (groups=N), BatchNorm one batch_norm over N*C channels whose running stats
   are views of [N, C] buffers (updated in place, per member).
-- head: activations (N, B, D); Linear is one batched matmul (x @ W^T, the layout CPU BLAS
-  is fast at); BatchNorm1d sees (B, N*D), so its statistics are per member and feature.
+- head: activations (B, N*D), member m's features in column block m; Linear is one
+  batched matmul, BatchNorm1d one batch_norm over N*D features (statistics per member and
+  feature). A group of one runs exactly the ops of its solo Net, view for view.
 - members whose heads differ in shape (width W) form consecutive sub-groups, each with
   its own stacked head; the conv section is shared by all (it is the same for every W).
 Nothing mixes members: member m's outputs depend only on member m's weights and batch, so
@@ -72,45 +73,58 @@ class GroupedBatchNorm(nn.Module):
 
 
 class _BatchedLinear(torch.autograd.Function):
-    """x (N, B, D_in) @ W^T + b for N weights W (N, D_out, D_in), b (N, D_out). Its own
-    backward gives dW in W's layout, as F.linear does for one weight; through autograd's
-    transpose it would arrive transposed and cost a strided copy on every accumulation."""
+    """N Linear layers on the flat layout: x (B, N*D_in) -> (B, N*D_out), weights
+    (N*D_out, D_in), biases (N*D_out,): one batched matmul each way. Its own backward gives
+    dW in W's layout, as F.linear does for one weight (through autograd's views it would
+    arrive transposed, and cost a strided copy on every accumulation)."""
 
     @staticmethod
-    def forward(x, weight, bias):
-        return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+    def forward(x, weight, bias, n):
+        xt = x.view(len(x), n, -1).transpose(0, 1)                         # (N, B, D_in)
+        w = weight.view(n, -1, weight.shape[1])                            # (N, D_out, D_in)
+        out = torch.baddbmm(bias.view(n, 1, -1), xt, w.transpose(1, 2))    # (N, B, D_out)
+        return out.transpose(0, 1).reshape(len(x), -1)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, weight, _ = inputs
+        x, weight, _, ctx.n = inputs
         ctx.save_for_backward(x, weight)
 
     @staticmethod
-    def backward(ctx, grad):                                      # grad (N, B, D_out)
+    def backward(ctx, grad):                                               # grad (B, N*D_out)
         x, weight = ctx.saved_tensors
-        dx = torch.bmm(grad, weight) if ctx.needs_input_grad[0] else None
-        dw = torch.bmm(grad.transpose(1, 2), x) if ctx.needs_input_grad[1] else None
-        db = grad.sum(1) if ctx.needs_input_grad[2] else None
-        return dx, dw, db
+        n, b = ctx.n, len(grad)
+        g = grad.view(b, n, -1).transpose(0, 1)                            # (N, B, D_out)
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            dx = torch.bmm(g, weight.view(n, -1, weight.shape[1])).transpose(0, 1).reshape(b, -1)
+        if ctx.needs_input_grad[1]:
+            xt = x.view(b, n, -1).transpose(0, 1)
+            dw = torch.bmm(g.transpose(1, 2), xt).view(weight.shape)
+        if ctx.needs_input_grad[2]:
+            db = grad.sum(0)
+        return dx, dw, db, None
 
 
 class GroupedLinear(nn.Module):
-    """N Linear layers: (N, B, D_in) -> (N, B, D_out), one batched matmul."""
+    """N Linear layers: (B, N*D_in) -> (B, N*D_out), one batched matmul (a group of one:
+    exactly F.linear)."""
 
     def __init__(self, linears: list[nn.Linear]):
         super().__init__()
         self.n = len(linears)
-        self.weight = nn.Parameter(torch.stack([l.weight.detach() for l in linears]).clone())  # (N, D_out, D_in)
-        self.bias = nn.Parameter(torch.stack([l.bias.detach() for l in linears]).clone())      # (N, D_out)
+        self.weight = nn.Parameter(_cat([l.weight for l in linears]))     # (N*D_out, D_in)
+        self.bias = nn.Parameter(_cat([l.bias for l in linears]))         # (N*D_out,)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.n == 1:   # a solo trial: F.linear itself (squeeze/unsqueeze are free views)
-            return F.linear(x.squeeze(0), self.weight.squeeze(0), self.bias.squeeze(0)).unsqueeze(0)
-        return _BatchedLinear.apply(x, self.weight, self.bias)
+        if self.n == 1:
+            return F.linear(x, self.weight, self.bias)
+        return _BatchedLinear.apply(x, self.weight, self.bias, self.n)
 
 
 class GroupedFCBlock(nn.Module):
-    """N FCBlocks (Linear + BatchNorm1d + ReLU): (N, B, D_in) -> (N, B, D_out)."""
+    """N FCBlocks (Linear + BatchNorm1d + ReLU): (B, N*D_in) -> (B, N*D_out); BatchNorm's
+    statistics are per member and feature over the member's B samples."""
 
     def __init__(self, blocks):
         super().__init__()
@@ -122,11 +136,12 @@ class GroupedFCBlock(nn.Module):
         n = self.fc.n
         return sum(p.view(n, -1).pow(2).sum(1) for p in self.parameters())
 
+    def members(self, x: torch.Tensor) -> torch.Tensor:
+        """An activation (B, N*D) as each member's mini-batch: (N, B, D), a view."""
+        return x.unsqueeze(0) if self.fc.n == 1 else x.view(len(x), self.fc.n, -1).transpose(0, 1)
+
     def forward(self, x: torch.Tensor, track_stats: bool = True) -> torch.Tensor:
-        y = self.fc(x)                                             # (N, B, D_out)
-        n, b, d = y.shape
-        y = self.bn(y.transpose(0, 1).reshape(b, n * d), track_stats)    # (B, N*D_out)
-        return F.relu(y).view(b, n, d).transpose(0, 1)
+        return F.relu(self.bn(self.fc(x), track_stats))
 
 
 class GroupedBottleneckHead(nn.Module):
@@ -136,7 +151,7 @@ class GroupedBottleneckHead(nn.Module):
         self.out = GroupedLinear([h.out for h in heads])
 
     def forward(self, h0: torch.Tensor, generators=None):
-        feats = [h0]                                     # [(N, B, d_in), (N, B, 16W), ..., (N, B, W)]
+        feats = [h0]                                     # [(B, N*d_in), (B, N*16W), ..., (B, N*W)]
         for block in self.blocks:
             feats.append(block(feats[-1]))
         return self.out(feats[-1]), feats
@@ -155,8 +170,9 @@ class GroupedVGGHead(nn.Module):
     def _drop(self, h: torch.Tensor, generators) -> torch.Tensor:
         if not self.training or self.p == 0:
             return h
-        keep = torch.stack([torch.rand(h.shape[1:], generator=g, device=h.device, dtype=h.dtype)
-                            for g in generators]) >= self.p
+        b, width = len(h), h.shape[1] // len(generators)
+        keep = torch.cat([torch.rand(b, width, generator=g, device=h.device, dtype=h.dtype)
+                          for g in generators], dim=1) >= self.p
         return h * keep / (1 - self.p)
 
     def forward(self, h0: torch.Tensor, generators):
@@ -172,8 +188,8 @@ def _head_shape(net: Net) -> tuple:
 class FusedNet(nn.Module):
     """The stacked networks of N trials. `nets` must list members of the same head shape
     next to each other (train.py sorts them by width); `generators[m]` draws member m's
-    dropout masks. forward(x (N, B, 3, S, S)) -> [(logits (n_g, B, classes), feats)] per
-    head sub-group, in member order."""
+    dropout masks. forward(x (N, B, 3, S, S)) -> [(logits (B, n_g*classes), feats)] per
+    head sub-group, in member order; feats are (B, n_g*D) (block.members() splits them)."""
 
     def __init__(self, nets: list[Net], generators: list[torch.Generator] | None = None):
         super().__init__()
@@ -208,9 +224,13 @@ class FusedNet(nn.Module):
 
     def forward(self, x: torch.Tensor):
         n, b = x.shape[:2]
-        h = self.features(x.transpose(0, 1).reshape(b, n * x.shape[2], *x.shape[3:]))
-        h0 = to_head_input(h.view(b, n, -1, *h.shape[2:]), self.head_input).transpose(0, 1)  # (N, B, D)
-        return [head(h0[s], self.generators[s]) for head, s in zip(self.head, self.slices)]
+        images = x[0] if n == 1 else x.transpose(0, 1).reshape(b, n * x.shape[2], *x.shape[3:])
+        h0 = to_head_input(self.features(images), self.head_input)     # (B, N*D), member-major
+        if len(self.slices) == 1:
+            return [self.head[0](h0, self.generators)]
+        d = h0.shape[1] // n
+        return [head(h0[:, s.start * d:s.stop * d], self.generators[s])
+                for head, s in zip(self.head, self.slices)]
 
     # --- one member's view, in its own Net's names ------------------------------------
     def member_tensors(self, m: int) -> dict[str, tuple[torch.Tensor, "Block"]]:

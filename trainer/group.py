@@ -47,16 +47,24 @@ def objectives(model: FusedNet, cfgs, device, dtype) -> list[HeadObjective]:
     return out
 
 
+def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Each member's mean cross-entropy: logits (B, n*classes), y (n, B) -> (n,)."""
+    n, b = y.shape
+    if n == 1:
+        return F.cross_entropy(logits, y[0]).unsqueeze(0)
+    per_sample = F.cross_entropy(logits.view(b, n, -1).transpose(1, 2), y.t(), reduction="none")
+    return per_sample.mean(0)                                 # (B, n) -> (n,)
+
+
 def member_losses(model: FusedNet, heads: list[HeadObjective], x: torch.Tensor,
                   y: torch.Tensor) -> torch.Tensor:
     """Every member's training loss, (N,): cross-entropy plus its manifold terms."""
     out = []
     for (logits, feats), head, obj in zip(model(x), model.head, heads):
-        # logits (n_g, B, classes) -> cross-entropy per member and sample -> mean over B
-        ce = F.cross_entropy(logits.transpose(1, 2), y[obj.members], reduction="none").mean(1)
+        ce = cross_entropy(logits, y[obj.members])
         L_u = [obj.alpha[t] * local_loss(head.blocks, feats, t, obj.lam) for t in obj.terms]
         out.append(ce + sum(L_u))                             # Eq. 1 + Eq. 3, (n_g,)
-    return torch.cat(out)
+    return torch.cat(out) if len(out) > 1 else out[0]
 
 
 class Group:

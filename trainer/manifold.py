@@ -8,6 +8,7 @@ spanned layers are recomputed from it, so cross-entropy alone trains everything 
 
 Shapes carry optional leading dims: x (B, D) is one trial's mini-batch; x (N, B, D) is a
 fused group's (trainer/fused.py), and every loss is then one value per member, (N,).
+The layers say how their activations split into mini-batches (`block.members`).
 """
 from __future__ import annotations
 
@@ -66,12 +67,14 @@ def alpha(term: LocalTerm, alpha_first: float, alpha_second: float) -> float:
 
 def local_loss(blocks, feats: list[torch.Tensor], term: LocalTerm, lam) -> torch.Tensor:
     """L_u^(k) (Eq. 4) for one term, reaching only the parameters of term.blocks.
-    blocks: the head's FC layers (each recomputes with track_stats=False and knows its
-    ||theta||^2); feats: the head's activations [(..., B, D)]; lam: lambda (a number, or
-    one per member (N,)). Returns (...): a scalar for one trial, (N,) for a fused group."""
+    blocks: the head's FC layers (each recomputes with track_stats=False, knows its
+    ||theta||^2 and how its activations split into mini-batches); feats: the head's
+    activations; lam: lambda (a number, or one per member (N,)). Returns a scalar for one
+    trial, (N,) for a fused group."""
     first = term.blocks[0]
     acts = {first - 1: feats[first - 1].detach()}           # the local loss stops here
     for j in term.blocks:
         acts[j] = blocks[j - 1](acts[j - 1], track_stats=False)
     theta_sq = sum(blocks[j - 1].squared_norm() for j in term.blocks)
-    return distance_preservation_loss(acts[term.prev], acts[term.curr]) + lam * theta_sq
+    batch = blocks[first - 1].members                       # -> (..., B, D)
+    return distance_preservation_loss(batch(acts[term.prev]), batch(acts[term.curr])) + lam * theta_sq

@@ -63,6 +63,11 @@ class FCBlock(nn.Module):
         """||theta||^2 of this layer's parameters (Eq. 4's lambda term)."""
         return sum(p.pow(2).sum() for p in self.parameters())
 
+    def members(self, x: torch.Tensor) -> torch.Tensor:
+        """The mini-batch(es) in an activation: one trial's is the activation itself (B, D)
+        (a fused group's layer splits its (B, N*D) into (N, B, D): trainer/fused.py)."""
+        return x
+
     def forward(self, x: torch.Tensor, track_stats: bool = True) -> torch.Tensor:
         if track_stats or not self.training:
             return F.relu(self.bn(self.fc(x)))

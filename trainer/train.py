@@ -284,8 +284,9 @@ def accuracy(group: Group, data: Data, x_uint8: torch.Tensor, y: torch.Tensor) -
     correct = torch.zeros(group.n, dtype=torch.int64, device=y.device)
     for i in range(0, len(y), chunk):
         x = data.normalize(x_uint8[i:i + chunk], group.dtype, cfg.image_size)
-        logits = torch.cat([lg for lg, _ in model(x.expand(group.n, *x.shape))])   # (N, b, C)
-        correct += (logits.argmax(-1) == y[i:i + chunk]).sum(1)
+        logits = torch.cat([lg for lg, _ in model(x.expand(group.n, *x.shape))], dim=1)  # (b, N*C)
+        predicted = logits.view(len(x), group.n, -1).argmax(-1)                            # (b, N)
+        correct += (predicted == y[i:i + chunk, None]).sum(0)
     model.train()
     return (100.0 * correct.double() / len(y)).tolist()
 
