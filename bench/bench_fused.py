@@ -37,9 +37,9 @@ from trainer.model import build_model  # noqa: E402
 from trainer.train import Member, resolve_device  # noqa: E402
 
 
-def configs(n: int, divisor: int, batch: int, device: str) -> list[Config]:
+def configs(n: int, divisor: int, batch: int, device: str, width: int = 32) -> list[Config]:
     return [Config.from_dict(dict(dataset="synthetic", vgg_width_divisor=divisor, batch_size=batch,
-                                  regularizer=True, seed=s, device=device)) for s in range(n)]
+                                  width=width, regularizer=True, seed=s, device=device)) for s in range(n)]
 
 
 class Objective(nn.Module):
@@ -116,6 +116,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=10, help="steps per timing")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--impls", default="fused,vmap", help="besides solo: fused, vmap")
+    p.add_argument("--width", type=int, default=32, help="W (the head's narrowest width)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
@@ -124,14 +125,14 @@ def main(argv=None) -> int:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     impls = ["solo"] + args.impls.split(",")
     make = {"solo": solo_steps, "fused": fused_step, "vmap": vmap_step}
-    print(f"torch {torch.__version__}, {device}, {args.threads} thread(s), bottleneck W=32, "
+    print(f"torch {torch.__version__}, {device}, {args.threads} thread(s), bottleneck W={args.width}, "
           f"regularizer on; ms per step of all N trials; min / median of {args.repeats}")
     print(f"{'div':>4} {'batch':>5} {'N':>3} " + " ".join(f"{i + ' min':>10} {'med':>7}" for i in impls)
           + "".join(f" {'solo/' + i:>11}" for i in impls[1:]))
     for divisor in map(int, args.divisors.split(",")):
         for batch in map(int, args.batch_sizes.split(",")):
             for n in map(int, args.n.split(",")):
-                cfgs = configs(n, divisor, batch, str(device))
+                cfgs = configs(n, divisor, batch, str(device), args.width)
                 g = torch.Generator().manual_seed(0)
                 x = torch.randn(n, batch, 3, 32, 32, generator=g).to(device)
                 y = torch.randint(0, 10, (n, batch), generator=g).to(device)

@@ -31,7 +31,7 @@ def sweep_file(folder: Path, epochs: int, train_samples: int) -> Path:
                         vgg_width_divisor=16, augment=False, device="cpu", epochs=epochs,
                         batch_size=16),
            "grid": {"width": [32, 16, 8, 4], "regularizer": [False, True]},
-           "resources": {"cpu": 1}, "max_concurrent": 1}   # one at a time, like the bare side
+           "fuse": 1, "resources": {"cpu": 1}, "max_concurrent": 1}   # one at a time, like the bare side
     path = folder / "bench.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path

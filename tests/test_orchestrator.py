@@ -7,10 +7,15 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 
 import pytest
 
 from e2e import EPOCHS, ROOT, cli, finish, free_port, mlflow_server, runs, steps, stop, wait_for, write_sweep
+
+
+HEAD = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True,
+                      text=True, check=True).stdout.strip()
 
 
 @pytest.fixture
@@ -40,6 +45,11 @@ def test_sweep_end_to_end_idempotent_and_grows(tmp_path, uri, fuse, resources):
         assert m["model_param_bytes"] > 0 and "peak_memory_mb" not in m      # CPU: absent
         assert r.data.params["width"] in ("16", "8") and r.data.params["epochs"] == "2"
         assert {"trial_key", "sweep", "git_commit", "version.torch", "node_ip"} <= set(r.data.tags)
+        # provenance tells the truth: the code's own commit (the sweep file is outside the
+        # repository), and params are what the trial ran with
+        assert r.data.tags["git_commit"].removesuffix("-dirty") == HEAD
+        assert r.data.params["threads"] == "1"           # its placement: one core (or half)
+        assert r.data.params["data_dir"] == str((tmp_path / "data").resolve())
         others = {t.info.run_name for t in first} - {r.info.run_name}
         assert set(r.data.tags["fused_with"].split(",")) == (others if fuse > 1 else {"none"})
     results = tmp_path / "results" / "e2e"

@@ -13,7 +13,7 @@ import trainer.group as group_module
 from trainer.checkpoint import CHECKPOINT
 from trainer.errors import NonFiniteLoss, ResumeMismatch
 from trainer.manifold import alpha, local_loss, local_terms
-from trainer.memory import MemoryTimeline, model_bytes
+from trainer.memory import MemoryTimeline, forward_peak_mb, model_bytes
 from trainer.model import Net, build_model
 from trainer.train import train
 
@@ -185,6 +185,15 @@ def test_memory_timeline_marks_passes_in_order_for_the_first_steps(regularizer):
     n = len(records)
     model(torch.randn(4, 3, 32, 32))[0].sum().backward()      # hooks are removed by close()
     assert len(timeline.records) == n
+
+
+def test_forward_peak_is_the_highest_forward_sample_less_what_stays_resident():
+    mb = 2 ** 20
+    timeline = {"records": [{"phase": "fwd1", "allocated_mb": 300.0}, {"phase": "fwd2", "allocated_mb": 450.0},
+                            {"phase": "bwd2", "allocated_mb": 900.0}, {"phase": "bwd1", "allocated_mb": 700.0},
+                            {"phase": "step_end", "allocated_mb": 260.0}]}
+    assert forward_peak_mb(timeline, 250 * mb) == 200.0     # 450 (fwd2), not 900 (backward)
+    assert forward_peak_mb({"records": []}, 0) == 0.0
 
 
 def cifar10_sample() -> Path:

@@ -79,7 +79,7 @@ class Sweep:
 
 @dataclass(frozen=True)
 class Trial:
-    key: str        # trial_key: first 12 hex of sha256(canonical JSON of config)
+    key: str        # trial_key(config): 12 hex digits of its identity's hash
     name: str       # readable run name, e.g. w16-b5-reg-s0; unique within the sweep
     config: dict    # full Config.to_dict(), seed included
     axes: dict      # the values of the sweep's axes (grid keys, extra keys, seed)
