@@ -12,8 +12,8 @@ its own Net (each tensor is stored in the layout its op wants, e.g. BatchNorm's 
 and `.view(N, *member_shape)[m]` is member m's), so `member_state(m)` is exactly the
 state_dict of that trial's Net (the checkpoint format).
 - conv section: images (B, N*3, S, S); member m owns channel block m; Conv2d is one
-  grouped conv (groups=N), BatchNorm one batch_norm over N*C channels whose running stats
-  are views of [N, C] buffers (updated in place, per member).
+  grouped conv (groups=N), BatchNorm one batch_norm over N*C channels, whose running
+  statistics (N*C,) hold each member's in its own block (updated in place).
 - head: activations (B, N*D), member m's features in column block m; Linear is one
   batched matmul, BatchNorm1d one batch_norm over N*D features (statistics per member and
   feature). A group of one runs exactly the ops of its solo Net, view for view.

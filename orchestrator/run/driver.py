@@ -1,11 +1,12 @@
-"""The Ray Tune driver: one Tune trial per pending sweep trial, each one trainer run that
-logs to its own MLflow run.
+"""The Ray Tune driver: one Tune trial per fused group of pending trials (a group of one
+for a trial alone), each one `trainer.train_group` whose members log to their own MLflow
+runs.
 
 Recovery does not use Tuner.restore (it cannot change a search space, so a grid that grew
 could not run): every `run` builds a fresh Tuner over the trials MLflow does not hold as
 FINISHED, and every trial resumes from its own checkpoint folder,
 `<storage>/<sweep>/<trial_key>/`, which survives the driver. Within one `run`, Tune's
-`max_failures` restarts a failed trial, which resumes from the same folder.
+`max_failures` restarts a failed group, whose members resume from the same folders.
 """
 from __future__ import annotations
 
