@@ -84,9 +84,12 @@ def test_two_drivers_started_at_once_on_an_empty_store_run_the_sweep_once(tmp_pa
     sweep = write_sweep(tmp_path / "s.yaml", "race", {"regularizer": [False, True]}, resources={"cpu": 1})
     procs = [cli(tmp_path, "run", str(sweep), "--tracking-uri", uri) for _ in range(2)]
     outs = [p.communicate(timeout=600)[0] for p in procs]
-    codes = sorted(p.returncode for p in procs)
-    assert codes == [0, 2], outs
-    assert all("Traceback" not in o for o in outs)
+    # Usually the second finds the first's lease (exit 2); on a very slow machine it may
+    # start after the first finished, and then finds nothing to run (exit 0).
+    for proc, out in zip(procs, outs):
+        assert proc.returncode in (0, 2) and "Traceback" not in out, out
+        assert proc.returncode == 0 or "another `run` of this sweep is active" in out, out
+    assert 0 in [p.returncode for p in procs]
     after = runs(uri, "race")
     assert len(after) == 2 and {r.info.status for r in after} == {"FINISHED"}
 

@@ -119,6 +119,10 @@ def launch(plan: RunPlan, storage: Path, options: Options) -> int:
             raise SweepError(f"another `run` of sweep {sweep.name} is active with another storage "
                              f"folder (pid {holder.get('pid')} on {holder.get('host')}, heartbeat "
                              f"{age:.0f} s ago in {uri}); wait for it, or stop it")
+        plan = make_plan(sweep, uri)     # again, now that no other driver can change it
+        if not plan.todo:
+            print("nothing to run: every trial is FINISHED in MLflow (another run finished them).")
+            return 0
         return _launch(plan, storage, options, lease)
     finally:
         lease.release()
