@@ -30,12 +30,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from trainer.config import Config  # noqa: E402
-from trainer.data import Data, EpochPlan, epoch_seed, group_batch  # noqa: E402
-from trainer.forecast import forecast  # noqa: E402
-from trainer.group import Group  # noqa: E402
+from trainer.data import group_batch  # noqa: E402
+from trainer.forecast import CudaAllocator, forecast, step_objects, step_peaks  # noqa: E402
 from trainer.memory import MB  # noqa: E402
-from trainer.model import build_model  # noqa: E402
-from trainer.train import Member, train  # noqa: E402
+from trainer.train import train  # noqa: E402
 
 from bench_fused import fused_step, solo_steps, timed  # noqa: E402
 
@@ -49,25 +47,15 @@ def check(ok: bool, what: str) -> None:
 
 
 def cfg(args, **kw) -> Config:
-    base = dict(dataset="synthetic", device=args.device, vgg_width_divisor=args.divisor)
+    base = dict(dataset="synthetic", train_samples=2000, test_samples=10, device=args.device,
+                vgg_width_divisor=args.divisor)
     return Config.from_dict({**base, **kw})
 
 
-def group_of(cfgs: list[Config], data_size: int = 2000):
-    """A Group as the trainer builds it, with a resident dataset of `data_size` images."""
-    device = torch.device(cfgs[0].device)
-    cfgs = sorted(cfgs, key=lambda c: -c.width)          # one head shape next to each other
-    members = [Member(i, c, None, generator=torch.Generator(device=device)) for i, c in enumerate(cfgs)]
-    for m in members:
-        m.generator.manual_seed(epoch_seed(m.cfg.seed, 1))
-    group = Group(members, [build_model(c).to(device) for c in cfgs], [{} for _ in cfgs])
-    data = Data(torch.randint(0, 255, (data_size, 3, 32, 32), dtype=torch.uint8, device=device),
-                torch.randint(0, 10, (data_size,), device=device),
-                torch.zeros(10, 3, 32, 32, dtype=torch.uint8, device=device),
-                torch.zeros(10, dtype=torch.int64, device=device), 10)
-    c = cfgs[0]
-    plan = EpochPlan.draw([m.generator for m in members], data_size, data_size // c.batch_size,
-                          c.batch_size, c.augment)
+def group_of(cfgs: list[Config], steps: int = 25):
+    """A Group as the trainer builds it (trainer.forecast.step_objects), with its data and
+    `steps` steps of its epoch's draws."""
+    group, data, plan, _ = step_objects(cfgs, cfgs[0].device, steps)
     return group, data, plan
 
 
@@ -178,14 +166,7 @@ def forecast_vs_measured(args) -> None:
         c = cfg(args, dataset="cifar10", train_samples=5000, test_samples=1000, **case)
         f = forecast([c])
         torch.cuda.empty_cache()
-        group, data, plan = group_of([c], data_size=5000)
-        for step in range(2):
-            torch.cuda.reset_peak_memory_stats()
-            x, y = group_batch(data, plan, step, c.batch_size, torch.float32, c.image_size)
-            group.step(x, y)
-            del x, y
-        measured = torch.cuda.max_memory_allocated()
-        del group, data, plan
+        measured = step_peaks([c], CudaAllocator(), "cuda").peak
         ratio = f.peak / measured
         check(abs(ratio - 1) <= 0.10, f"{case}: forecast {f.peak / MB:,.0f}, measured "
               f"{measured / MB:,.0f} (forecast/measured {ratio:.3f})")

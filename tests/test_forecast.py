@@ -10,41 +10,15 @@ import pytest
 import torch
 
 from trainer.config import Config
-from trainer.data import Data, EpochPlan, group_batch
-from trainer.forecast import BLOCK, AllocationCounter, forecast
-from trainer.group import Group
+from trainer.forecast import BLOCK, AllocationCounter, forecast, step_peaks
 from trainer.memory import MB, model_bytes
 from trainer.model import build_model
-from trainer.train import Member
 
 
 def cfg(**kw) -> Config:
     return Config.from_dict({**dict(dataset="synthetic", train_samples=50, test_samples=20,
                                     vgg_width_divisor=16, width=8, batch_size=5, device="cpu",
                                     threads=1), **kw})
-
-
-def real_step_bytes(cfgs: list[Config], steps: int = 2) -> tuple[int, int]:
-    """(peak, forward peak) of the same step on REAL CPU tensors, counted the same way."""
-    counter = AllocationCounter()
-    with counter:
-        c = cfgs[0]
-        data = Data(torch.zeros(c.train_samples, 3, 32, 32, dtype=torch.uint8),
-                    torch.zeros(c.train_samples, dtype=torch.int64),
-                    torch.zeros(c.test_samples, 3, 32, 32, dtype=torch.uint8),
-                    torch.zeros(c.test_samples, dtype=torch.int64), c.num_classes)
-        members = [Member(i, x, None, generator=torch.Generator()) for i, x in enumerate(cfgs)]
-        group = Group(members, [build_model(x) for x in cfgs], [{} for _ in cfgs])
-        plan = EpochPlan.draw([m.generator for m in members], c.train_samples, steps, c.batch_size,
-                              c.augment)
-        for step in range(steps):
-            counter.reset_peak()
-            x, y = group_batch(data, plan, step, c.batch_size, torch.float32, c.image_size)
-            losses = group.losses(x, y)
-            forward = counter.peak
-            group.update(losses)
-            del x, y, losses
-    return counter.peak, forward
 
 
 @pytest.mark.parametrize("members", [
@@ -55,8 +29,9 @@ def real_step_bytes(cfgs: list[Config], steps: int = 2) -> tuple[int, int]:
 def test_the_forecast_is_what_the_real_step_allocates(members):
     cfgs = [cfg(**m) for m in members]
     f = forecast(cfgs)
-    peak, forward = real_step_bytes(cfgs)
-    assert (f.peak, f.forward_peak) == (peak, forward)              # to the byte
+    with AllocationCounter() as counter:                     # the same step on REAL tensors
+        real = step_peaks(cfgs, counter)
+    assert (f.peak, f.forward_peak) == (real.peak, real.forward_peak)       # to the byte
     assert f.model == sum(sum(model_bytes(build_model(c))) for c in cfgs)
     assert f.peak % BLOCK == 0 and f.forward_peak < f.peak
 

@@ -7,12 +7,10 @@ import pytest
 import torch
 
 from trainer.config import Config
-from trainer.data import Data, EpochPlan, epoch_seed, group_batch
-from trainer.forecast import forecast
-from trainer.group import Group
+from trainer.data import group_batch
+from trainer.forecast import CudaAllocator, forecast, step_objects, step_peaks
 from trainer.memory import MB
-from trainer.model import build_model
-from trainer.train import Member, train
+from trainer.train import train
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
@@ -39,20 +37,6 @@ def test_memory_metrics_and_the_timeline_on_cuda():
     assert not ms[1].artifacts                                       # epoch 1 only
 
 
-def group_of(cfgs):
-    members = [Member(i, c, None, generator=torch.Generator(device="cuda")) for i, c in enumerate(cfgs)]
-    for m in members:
-        m.generator.manual_seed(epoch_seed(m.cfg.seed, 1))
-    c = cfgs[0]
-    data = Data(torch.zeros(c.train_samples, 3, 32, 32, dtype=torch.uint8, device="cuda"),
-                torch.zeros(c.train_samples, dtype=torch.int64, device="cuda"),
-                torch.zeros(c.test_samples, 3, 32, 32, dtype=torch.uint8, device="cuda"),
-                torch.zeros(c.test_samples, dtype=torch.int64, device="cuda"), 10)
-    group = Group(members, [build_model(x).to("cuda") for x in cfgs], [{} for _ in cfgs])
-    plan = EpochPlan.draw([m.generator for m in members], c.train_samples, 4, c.batch_size, c.augment)
-    return group, data, plan
-
-
 # Section 4.4's configurations (GBs): library workspaces (cuBLAS keeps tens of MB) are a
 # small part of them; at toy sizes they would dominate what the forecast cannot see.
 @pytest.mark.parametrize("kw", [dict(arch="vgg16", batch_size=16), dict(regularizer=True, batch_size=7)],
@@ -61,17 +45,13 @@ def test_the_forecast_is_within_10_percent_of_the_allocator(kw):
     c = cfg(image_size=224, vgg_width_divisor=1, **kw)
     expected = forecast([c])
     torch.cuda.empty_cache()
-    group, data, plan = group_of([c])
-    for step in range(2):
-        torch.cuda.reset_peak_memory_stats()
-        group.step(*group_batch(data, plan, step, c.batch_size, torch.float32, c.image_size))
-    measured = torch.cuda.max_memory_allocated()
-    assert expected.peak == pytest.approx(measured, rel=0.10)
+    measured = step_peaks([c], CudaAllocator(), "cuda")
+    assert expected.peak == pytest.approx(measured.peak, rel=0.10)
 
 
 def test_a_fused_step_makes_no_host_sync():
     cfgs = [cfg(regularizer=bool(i % 2), seed=i, width=(32, 16)[i // 2]) for i in range(4)]
-    group, data, plan = group_of(cfgs)
+    group, data, plan, _ = step_objects(cfgs, "cuda", steps=4)
     group.step(*group_batch(data, plan, 0, 16, torch.float32, 32))   # warm-up: cuDNN, allocator
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")

@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from e2e import free_port
 
 pytestmark = pytest.mark.multinode
 
@@ -48,12 +49,6 @@ EPOCHS_FAILOVER = 8     # scenario 2: long enough to kill the worker in the midd
 
 
 # --- processes: start in their own group, stop the whole tree by id ---------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def descendants(pid: int) -> list[int]:
     """pid and every process below it (from /proc), so daemons that left the group go too."""

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from orchestrator.results import ResultsError, reader
+from orchestrator.run.tracking import local_store
 
 
 def test_load_runs_reads_final_metrics_and_typed_params(store):
@@ -95,4 +96,4 @@ def test_a_missing_store_is_an_error_and_is_not_created(tmp_path, scheme):
     ("databricks", None),
 ])
 def test_local_store_path(uri, path):
-    assert reader.local_store_path(uri) == (None if path is None else pathlib.Path(path))
+    assert local_store(uri) == (None if path is None else pathlib.Path(path))

@@ -32,7 +32,7 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.weak import WeakIdKeyDictionary
 
 from .config import DATASET_SIZES, Config
-from .data import Data, EpochPlan, group_batch
+from .data import Data, EpochPlan, epoch_seed, group_batch, resident_bytes
 from .memory import MB, model_bytes
 from .model import build_model
 
@@ -105,40 +105,66 @@ class Forecast:
                 "dynamic_peak_mb": self.dynamic_peak_mb, "forward_peak_mb": self.forward_peak_mb}
 
 
-def forecast(cfgs: list[Config], steps: int = 2) -> Forecast:
-    """The peak of step `steps` (steady state) of these trials trained as one group."""
+class CudaAllocator:
+    """CUDA's own count, read the way AllocationCounter is: the real thing to check against."""
+
+    def reset_peak(self) -> None:
+        torch.cuda.reset_peak_memory_stats()
+
+    @property
+    def peak(self) -> int:
+        return torch.cuda.max_memory_allocated()
+
+
+def step_objects(cfgs: list[Config], device="cpu", steps: int = 2):
+    """What the trainer builds to train these trials as one group, with an all-zeros
+    dataset of their size on `device`: (group, data, plan for `steps` steps, the networks'
+    bytes). Members are in the trainer's order (widest head first)."""
     from .group import Group            # local: group imports the trainer's step
     from .train import Member, check_fusable
 
     cfg = check_fusable(cfgs)
-    members = sorted((Member(i, c, None) for i, c in enumerate(cfgs)), key=lambda m: -m.cfg.width)
+    members = sorted((Member(i, c, None, generator=torch.Generator(device=device))
+                      for i, c in enumerate(cfgs)), key=lambda m: -m.cfg.width)
+    for m in members:
+        m.generator.manual_seed(epoch_seed(m.cfg.seed, 1))
     n_train = cfg.train_samples or DATASET_SIZES[cfg.dataset][0]
     n_test = cfg.test_samples or DATASET_SIZES[cfg.dataset][1]
+    zeros = functools.partial(torch.zeros, device=device)
+    data = Data(zeros(n_train, 3, 32, 32, dtype=torch.uint8), zeros(n_train, dtype=torch.int64),
+                zeros(n_test, 3, 32, 32, dtype=torch.uint8), zeros(n_test, dtype=torch.int64),
+                cfg.num_classes)
+    nets = [build_model(m.cfg) for m in members]         # built on the CPU
+    if torch.device(device).type != "cpu":               # (.to() cannot swap fake parameters)
+        nets = [net.to(device) for net in nets]
+    model = sum(sum(model_bytes(net)) for net in nets)
+    group = Group(members, nets, [{} for _ in members])    # holds its own stacked copies
+    plan = EpochPlan.draw([m.generator for m in members], n_train, steps, cfg.batch_size, cfg.augment)
+    return group, data, plan, model
+
+
+def step_peaks(cfgs: list[Config], meter, device="cpu", steps: int = 2) -> Forecast:
+    """The peak (and forward-pass peak) that `meter` (AllocationCounter, CudaAllocator)
+    sees over step `steps` of these trials trained as one group: the steady state."""
+    group, data, plan, model = step_objects(cfgs, device, steps)
+    cfg = cfgs[0]
+    dtype = getattr(torch, cfg.dtype)
+    for step in range(steps):
+        meter.reset_peak()
+        x, y = group_batch(data, plan, step, cfg.batch_size, dtype, cfg.image_size)
+        losses = group.losses(x, y)
+        forward_peak = meter.peak
+        group.update(losses)
+        del x, y, losses
+    return Forecast(model, resident_bytes(data), meter.peak, forward_peak)
+
+
+def forecast(cfgs: list[Config], steps: int = 2) -> Forecast:
+    """The peak of step `steps` (steady state) of these trials trained as one group, on
+    fake tensors: no data, no arithmetic, any machine."""
     counter = AllocationCounter()
     with FakeTensorMode(), counter:
-        data = Data(torch.empty(n_train, 3, 32, 32, dtype=torch.uint8),
-                    torch.empty(n_train, dtype=torch.int64),
-                    torch.empty(n_test, 3, 32, 32, dtype=torch.uint8),
-                    torch.empty(n_test, dtype=torch.int64), cfg.num_classes)
-        nets = [build_model(m.cfg) for m in members]
-        model = sum(sum(model_bytes(net)) for net in nets)
-        for m in members:
-            m.generator = torch.Generator()
-        group = Group(members, nets, [{} for _ in members])
-        del nets                        # the group holds its own stacked copies
-        plan = EpochPlan.draw([m.generator for m in members], n_train, steps, cfg.batch_size,
-                              cfg.augment)
-        dtype = getattr(torch, cfg.dtype)
-        for step in range(steps):
-            counter.reset_peak()
-            x, y = group_batch(data, plan, step, cfg.batch_size, dtype, cfg.image_size)
-            losses = group.losses(x, y)
-            forward_peak = counter.peak
-            group.update(losses)
-            del x, y, losses
-    data_bytes = sum(t.numel() * t.element_size()
-                     for t in (data.train_x, data.train_y, data.test_x, data.test_y))
-    return Forecast(model, data_bytes, counter.peak, forward_peak)
+        return step_peaks(cfgs, counter, "cpu", steps)
 
 
 # Config fields that change no tensor's shape, dtype or count: left out of the cache key,

@@ -16,13 +16,13 @@ from __future__ import annotations
 import json
 import pathlib
 import tempfile
-import urllib.parse
 
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from orchestrator.results import ResultsError
 from orchestrator.results.cells import prepare
+from orchestrator.run.tracking import local_store
 
 PAGE = 1000   # runs (and experiments) per search request
 INFO = ("run_id", "experiment_id", "status", "artifact_uri", "start_time", "end_time")
@@ -30,23 +30,11 @@ FIX = ("pass --tracking-uri (or set MLFLOW_TRACKING_URI) to the store the sweep 
        "e.g. sqlite:///path/to/mlflow.db")
 
 
-def local_store_path(tracking_uri: str) -> pathlib.Path | None:
-    """The file or folder a local store lives in (SQLite file, file store), else None."""
-    if tracking_uri.startswith("sqlite:///"):
-        path = tracking_uri[len("sqlite:///"):].split("?", 1)[0]
-        return None if path in ("", ":memory:") else pathlib.Path(path)
-    parsed = urllib.parse.urlparse(tracking_uri)
-    if parsed.scheme == "file":
-        return pathlib.Path(urllib.parse.unquote(parsed.path))
-    # A bare path is a file store; "databricks" is MLflow's name for a remote workspace.
-    return pathlib.Path(tracking_uri) if parsed.scheme == "" and tracking_uri != "databricks" else None
-
-
 def client(tracking_uri: str) -> MlflowClient:
     """A client on an existing store; raises ResultsError rather than create one."""
     if not tracking_uri:
         raise ResultsError(f"no MLflow tracking URI given; {FIX}")
-    path = local_store_path(tracking_uri)
+    path = local_store(tracking_uri)
     if path is not None and not path.exists():
         raise ResultsError(f"no MLflow store at {path} (tracking URI {tracking_uri!r}); {FIX}")
     return MlflowClient(tracking_uri=tracking_uri)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import datetime
 import pathlib
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import pandas as pd
 
@@ -53,18 +53,28 @@ def report_markdown(names: list[str], runs: pd.DataFrame, built: dict[str, Table
     return "\n".join(lines) + "\n"
 
 
-def resolve_sources(sources: list[str]) -> tuple[list[str], set[str], bool, set[str]]:
-    """Sweep files or experiment names -> (experiment names, artefacts asked for, auto, URIs).
+class Sources(NamedTuple):
+    """What the sources of `tables` ask for.
 
     auto: some source (an experiment name, or a sweep without `reproduces:`) leaves it to
     the runs: build every table that has runs and every figure that has artifacts.
-    URIs: the sweep files' own `tracking_uri:` values (see sweep_tracking_uri).
+    uris: the sweep files' own `tracking_uri:` values (see sweep_tracking_uri).
     """
-    names, wanted, auto, uris = [], set(), False, set()
+    names: list[str]            # MLflow experiment names
+    wanted: set[str]            # artefacts asked for
+    auto: bool
+    uris: set[str]
+    sweeps: list                # the sweep files among them, loaded (orchestrator.run.sweep.Sweep)
+
+
+def resolve_sources(sources: list[str]) -> Sources:
+    """Sweep files or experiment names -> Sources."""
+    names, wanted, auto, uris, sweeps = [], set(), False, set(), []
     for source in sources:
         path = pathlib.Path(source)
         if path.suffix in (".yaml", ".yml") or path.is_file():
             sweep = load_sweep(path)          # the same parsing and checks as `run`
+            sweeps.append(sweep)
             names.append(sweep.name)
             wanted |= set(sweep.reproduces)
             auto |= not sweep.reproduces
@@ -72,10 +82,10 @@ def resolve_sources(sources: list[str]) -> tuple[list[str], set[str], bool, set[
         else:
             names.append(source)
             auto = True
-    return names, wanted, auto, uris
+    return Sources(names, wanted, auto, uris, sweeps)
 
 
-def compute_from_code(sources: list[str], runs: pd.DataFrame, wanted: set[str], auto: bool) -> tables.Computed:
+def compute_from_code(sweeps: list, runs: pd.DataFrame, wanted: set[str], auto: bool) -> tables.Computed:
     """What the tables take from the code rather than from runs: Table 5's bytes, and the
     memory forecast of every profiled configuration (trials and runs with a memory
     timeline, at the paper's batch sizes 16 and 7) when the memory table is built."""
@@ -85,8 +95,7 @@ def compute_from_code(sources: list[str], runs: pd.DataFrame, wanted: set[str], 
                    for r in table5_rows() if r["image_size"] == 32}
     if not (auto or "memory_peaks" in wanted):
         return tables.Computed(model_bytes)
-    configs = [t.config for s in sources if pathlib.Path(s).suffix in (".yaml", ".yml")
-               or pathlib.Path(s).is_file() for t in expand(load_sweep(s))]
+    configs = [t.config for sweep in sweeps for t in expand(sweep)]
     configs += [{k[len("params."):]: v for k, v in run.items() if k.startswith("params.") and pd.notna(v)}
                 for _, run in select(runs, memory_timeline=True).iterrows()]
     forecasts = {}
@@ -102,7 +111,7 @@ def compute_from_code(sources: list[str], runs: pd.DataFrame, wanted: set[str], 
 def sweep_tracking_uri(sources: list[str]) -> str | None:
     """The `tracking_uri:` the sweep files among `sources` name (None: none does), for the
     caller to resolve as `run` does (tracking.resolve_tracking_uri)."""
-    uris = resolve_sources(sources)[3]
+    uris = resolve_sources(sources).uris
     if len(uris) > 1:
         raise ResultsError(f"the sweep files name different tracking URIs {sorted(uris)}; "
                            f"pass --tracking-uri to choose one")
@@ -155,11 +164,11 @@ def write_results(sources: list[str], tracking_uri: str, formats: Sequence[str] 
     attach_figures: also attach each figure to the runs it comes from (an MLflow write).
     """
     formats = check_formats(formats)
-    names, wanted, auto, _ = resolve_sources(sources)
+    names, wanted, auto, _, sweeps = resolve_sources(sources)
     out = output_folder(out_dir, names)
     runs = reader.load_runs(names, tracking_uri)
     paper = tables.load_paper()
-    computed = compute_from_code(sources, runs, wanted, auto)
+    computed = compute_from_code(sweeps, runs, wanted, auto)
     built = {key: make(runs, paper, computed) for key, make in tables.TABLES.items()}
     built = {k: t for k, t in built.items() if k in wanted or (auto and tables.supported(t))}
     out.mkdir(parents=True, exist_ok=True)

@@ -174,11 +174,13 @@ def _error_text(err: BaseException) -> str:
 def _report(events: list, running: int) -> None:
     """One Tune result per epoch of the group: the lowest epoch reached and the test
     accuracies measured (Progress prints them)."""
-    epochs = [e.epoch for e in events if hasattr(e, "epoch") and not e.replayed]
-    if not epochs:
+    from trainer.train import Measurement
+
+    trained = [e for e in events if isinstance(e, Measurement) and not e.replayed]
+    if not trained:
         return
-    accs = [e.metrics["test_accuracy"] for e in events
-            if hasattr(e, "metrics") and not e.final and "test_accuracy" in e.metrics]
+    epochs = [e.epoch for e in trained]
+    accs = [e.metrics["test_accuracy"] for e in trained if not e.final and "test_accuracy" in e.metrics]
     result = {"epoch": min(epochs), "members_running": running}
     if accs:
         result.update(test_accuracy_min=min(accs), test_accuracy_max=max(accs))

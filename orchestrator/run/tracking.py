@@ -13,6 +13,7 @@ import os
 import random
 import sys
 import time
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,10 +86,23 @@ def _retry(fn):
 
 
 def local_store(uri: str) -> Path | None:
-    """The file a local SQLite store lives in, else None (a server or another database)."""
+    """The file or folder a local store lives in (a SQLite file, a file store), else None
+    (a server, another database, an in-memory SQLite)."""
     if uri.startswith("sqlite:///"):
-        return Path(uri[len("sqlite:///"):].split("?", 1)[0])
-    return None
+        path = uri[len("sqlite:///"):].split("?", 1)[0]
+        return None if path in ("", ":memory:") else Path(path)
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme == "file":
+        return Path(urllib.parse.unquote(parsed.path))
+    # A bare path is a file store; "databricks" is MLflow's name for a remote workspace.
+    return Path(uri) if parsed.scheme == "" and uri != "databricks" else None
+
+
+def _not_created_yet(uri: str) -> bool:
+    """A local store whose file does not exist yet: it holds nothing, and reading it must
+    not create it."""
+    path = local_store(uri)
+    return path is not None and not path.exists()
 
 
 def ensure_store(uri: str) -> bool:
@@ -97,7 +111,7 @@ def ensure_store(uri: str) -> bool:
     process that opens the path sees a complete schema, never one half migrated by the
     driver (two processes migrating one new file at once can wreck it). True if created."""
     path = local_store(uri)
-    if path is None or path.exists():
+    if not uri.startswith("sqlite:///") or path is None or path.exists():
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
@@ -112,8 +126,9 @@ def ensure_store(uri: str) -> bool:
 
 
 def check_store(uri: str, timeout: float = 5.0) -> bool:
-    """Whether the store exists, within seconds: a SQLite file is looked for (never
-    created here), a server is asked for /health. An unreachable server is an error."""
+    """Whether the store exists, within seconds: a local store's file or folder is looked
+    for (never created here), a server is asked for /health. An unreachable server is an
+    error."""
     path = local_store(uri)
     if path is not None:
         return path.exists()
@@ -166,7 +181,7 @@ def set_heartbeat(uri: str, experiment_id: str, holder: dict) -> None:
 @_retry
 def heartbeat(uri: str, experiment_name: str) -> tuple[dict | None, float]:
     """The last driver heartbeat of the sweep and its age in seconds ((None, inf): none)."""
-    if local_store(uri) is not None and not local_store(uri).exists():
+    if _not_created_yet(uri):
         return None, float("inf")
     exp = client(uri).get_experiment_by_name(experiment_name)
     raw = exp.tags.get(HEARTBEAT_TAG) if exp is not None else None
@@ -192,7 +207,7 @@ def mark_killed(uri: str, run_ids: list[str]) -> list[str]:
 def runs_by_key(uri: str, experiment_name: str) -> dict[str, RunState]:
     """trial_key -> the newest run holding it (the driver's view of what is done). A local
     store that does not exist yet holds none (and is not created here)."""
-    if local_store(uri) is not None and not local_store(uri).exists():
+    if _not_created_yet(uri):
         return {}
     c = client(uri)
     exp = c.get_experiment_by_name(experiment_name)
