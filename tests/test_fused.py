@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from trainer.checkpoint import CHECKPOINT
 from trainer.config import Config
 from trainer.errors import ConfigError, NonFiniteLoss
 from trainer.group import Group
-from trainer.manifold import alpha, local_loss, local_terms
 from trainer.model import build_model
 from trainer.train import Measurement, Member, MemberFailed, train, train_group
+
+from paper_regularizer import objective
 
 # A group that mixes everything that may differ inside one: seeds, regularizer on/off,
 # alphas, lambda, the reading of the pairs, and the width W (two head sub-groups).
@@ -38,13 +38,9 @@ def solo_steps(c: Config, xs, ys):
     """The reference: one trial's Net, cross-entropy + Eq. 3-4, SGD. -> (state_dict, losses)."""
     net = build_model(c).train()
     opt = torch.optim.SGD(net.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
-    terms = local_terms(len(net.head.blocks), c.reg_pairs) if c.regularizer else []
     losses = []
     for x, y in zip(xs, ys):
-        logits, feats = net(x)
-        loss = F.cross_entropy(logits, y) + sum(
-            alpha(t, c.alpha_first, c.alpha_second) * local_loss(net.head.blocks, feats, t, c.reg_lambda)
-            for t in terms)
+        loss = objective(net, x, y, c)
         opt.zero_grad()
         loss.backward()
         opt.step()

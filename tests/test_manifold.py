@@ -3,8 +3,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainer.manifold import LocalTerm, alpha, distance_preservation_loss, local_loss, local_terms
-from trainer.model import Net
+from trainer.config import Config
+from trainer.fused import FusedNet
+from trainer.group import Group
+from trainer.manifold import (LocalTerm, Weights, alpha, column_index, distance_preservation_loss,
+                              distance_preservation_losses, layer_weights, local_terms, manifold_loss)
+from trainer.model import Net, build_model
+from trainer.train import Member
 
 T = torch.float64
 
@@ -93,6 +98,34 @@ def test_batched_distances_are_each_members_own():
     assert batched.tolist() == [distance_preservation_loss(p, c).item() for p, c in zip(prev, curr)]
 
 
+def test_all_terms_at_once_equal_each_term_alone():
+    """Activations of different widths side by side: each term's loss is its own."""
+    g = torch.Generator().manual_seed(5)
+    prevs = [torch.randn(2, 5, d, generator=g, dtype=T) for d in (7, 3, 3)]
+    currs = [torch.randn(2, 5, d, generator=g, dtype=T) for d in (3, 3, 1)]
+    together = distance_preservation_losses(prevs, currs)
+    assert together.shape == (3, 2)
+    for k, (p, c) in enumerate(zip(prevs, currs)):
+        d = lambda x: torch.cdist(x, x)
+        assert together[k].tolist() == pytest.approx((d(c) - d(p)).pow(2).sum((-2, -1)).tolist(), rel=1e-12)
+
+
+def test_layer_weights_regroup_eq3_by_layer():
+    terms = local_terms(10, "adjacent")                       # (FC1,FC2), ..., (FC9,FC10)
+    alphas = [alpha(t, 1.0, 10.0) for t in terms]             # first half 1, second half 10
+    c = layer_weights(terms, alphas, 0.5, 10)
+    assert c == [0.5, 1.0, 1.0, 1.0, 5.5, 10.0, 10.0, 10.0, 10.0, 5.0]
+    even = local_terms(10, "even")                            # spans (3,4), (5,6), (7,8), (9,10)
+    assert layer_weights(even, [1.0] * 4, 1.0, 10) == [0, 0, 1, 1, 1, 1, 1, 1, 1, 1]
+
+
+def one_term(net_head, term: LocalTerm, lam: float) -> Weights:
+    """Eq. 3 with the single term `term` (alpha 1) for a head of one member."""
+    widths = [net_head.blocks[0].fc.weight.shape[1]] + [b.fc.weight.shape[0] for b in net_head.blocks]
+    theta = torch.tensor(layer_weights([term], [1.0], lam, 10), dtype=torch.float32)[:, None]
+    return Weights([term], torch.ones(1, 1), theta, column_index([widths[term.prev], widths[term.curr]]))
+
+
 def bn_state(model):
     return {k: v.clone() for k, v in model.state_dict().items()
             if "running" in k or "num_batches" in k}
@@ -105,18 +138,20 @@ TERMS = [(mode, t) for mode in ("adjacent", "even") for t in local_terms(10, mod
                          ids=[f"{m}-FC{t.prev}-FC{t.curr}" for m, t in TERMS])
 def test_local_term_reaches_exactly_the_layers_it_spans(reg_pairs, term):
     torch.manual_seed(0)
-    model = Net("bottleneck", 4, 10, 16).train()
-    _, feats = model(torch.randn(6, 3, 32, 32))
+    model = FusedNet([Net("bottleneck", 4, 10, 16)]).train()     # the trainer's layers, one member
+    [(_, feats)] = model(torch.randn(1, 6, 3, 32, 32))
     before = bn_state(model)
-    loss = local_loss(model.head.blocks, feats, term, lam=1e-3)
+    loss = manifold_loss(model.head[0], feats, one_term(model.head[0], term, 1e-3))
     names, params = zip(*model.named_parameters())
-    grads = dict(zip(names, torch.autograd.grad(loss, params, allow_unused=True)))
-    inside = {f"head.blocks.{j - 1}." for j in term.blocks}
+    grads = dict(zip(names, torch.autograd.grad(loss.sum(), params, allow_unused=True)))
+    inside = {f"head.0.blocks.{j - 1}." for j in term.blocks}
     for name, grad in grads.items():
-        if name[:14] in inside:
+        if name[:16] in inside:
             assert grad is not None and grad.abs().sum() > 0, name
+        elif name.startswith("head.0.blocks."):      # other FC layers: ||theta||^2 of every
+            assert torch.count_nonzero(grad) == 0, name   # layer is one op, weighted 0 here
         else:
-            assert grad is None, name                # conv, other FC layers, the classifier
+            assert grad is None, name                # the conv section, the classifier
     after = bn_state(model)
     assert all(torch.equal(before[k], after[k]) for k in before)   # recomputation: no update
 
@@ -125,15 +160,13 @@ def test_local_term_reaches_exactly_the_layers_it_spans(reg_pairs, term):
     ("bottleneck", None), ("bottleneck", "adjacent"), ("bottleneck", "even"), ("vgg16", None),
 ], ids=["bottleneck", "bottleneck-reg-adjacent", "bottleneck-reg-even", "vgg16"])
 def test_full_objective_gives_every_parameter_a_finite_gradient(arch, reg_pairs):
-    torch.manual_seed(0)
-    model = Net(arch, 4, 10, 16).train()
-    x, y = torch.randn(6, 3, 32, 32), torch.arange(6) % 10
-    logits, feats = model(x)
-    terms = local_terms(10, reg_pairs) if reg_pairs else []
-    loss = F.cross_entropy(logits, y) + sum(alpha(t, 1e-4, 1e-3) * local_loss(model.head.blocks, feats, t, 1e-3)
-                                            for t in terms)
-    loss.backward()
-    assert torch.isfinite(logits).all() and torch.isfinite(loss)
-    for name, p in model.named_parameters():
+    c = Config.from_dict(dict(arch=arch, width=4, vgg_width_divisor=16, batch_size=6, device="cpu",
+                              regularizer=reg_pairs is not None, reg_pairs=reg_pairs or "adjacent"))
+    group = Group([Member(0, c, None, generator=torch.Generator())], [build_model(c)], [{}])
+    x, y = torch.randn(1, 6, 3, 32, 32), torch.arange(6)[None] % 10
+    loss = group.losses(x, y)
+    loss.sum().backward()
+    assert torch.isfinite(loss).all()
+    for name, p in group.model.named_parameters():
         assert p.grad is not None, name
         assert torch.isfinite(p.grad).all(), name

@@ -104,11 +104,15 @@ def test_forward_returns_logits_and_the_activations_the_regularizer_needs(
 
 
 def test_recomputation_uses_the_main_pass_batch_stats_and_leaves_running_stats():
-    """local_loss recomputes a block with track_stats=False: same output, no second update."""
+    """The regularizer recomputes a block with track_stats=False: same output, no second
+    update. (The trainer's layers: trainer/fused.py; FusedNet.forward counts the batches.)"""
+    from trainer.fused import GroupedFCBlock
+
     torch.manual_seed(0)
-    block = Net("bottleneck", 4, 10, 16).head.blocks[0].train()
+    block = GroupedFCBlock([Net("bottleneck", 4, 10, 16).head.blocks[0]]).train()
     x = torch.randn(8, 32)
     main = block(x)
+    block.bn.num_batches_tracked.add_(1)
     mean, var, n = (block.bn.running_mean.clone(), block.bn.running_var.clone(),
                     int(block.bn.num_batches_tracked))
     again = block(x, track_stats=False)

@@ -6,16 +6,16 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from trainer.config import Config, ConfigError
 import trainer.group as group_module
 from trainer.checkpoint import CHECKPOINT
 from trainer.errors import NonFiniteLoss, ResumeMismatch
-from trainer.manifold import alpha, local_loss, local_terms
 from trainer.memory import MemoryTimeline, forward_peak_mb, model_bytes
 from trainer.model import Net, build_model
 from trainer.train import train
+
+from paper_regularizer import objective
 
 EPOCH_KEYS = {"train_loss", "epoch_seconds", "train_accuracy", "test_accuracy",
               "generalization_gap"}
@@ -160,11 +160,9 @@ def test_memory_timeline_marks_passes_in_order_for_the_first_steps(regularizer):
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     counter = iter(range(10 ** 6))
     timeline = MemoryTimeline(model, sample=lambda: next(counter) * 2 ** 20, max_steps=2)
-    terms = local_terms(10, "adjacent") if regularizer else []
+    cfg = Config(regularizer=regularizer)                     # alphas and lambda: the defaults
     for _ in range(3):
-        logits, feats = model(torch.randn(4, 3, 32, 32))
-        loss = F.cross_entropy(logits, torch.arange(4)) + sum(
-            alpha(t, 1e-4, 1e-3) * local_loss(model.head.blocks, feats, t, 1e-3) for t in terms)
+        loss = objective(model, torch.randn(4, 3, 32, 32), torch.arange(4), cfg)
         opt.zero_grad()
         loss.backward()
         opt.step()

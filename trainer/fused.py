@@ -64,9 +64,9 @@ class GroupedBatchNorm(nn.Module):
         self.register_buffer("num_batches_tracked", _cat([b.num_batches_tracked for b in bns]))  # (N,)
 
     def forward(self, h: torch.Tensor, track_stats: bool = True) -> torch.Tensor:
+        # num_batches_tracked (which F.batch_norm leaves to the module) is counted for every
+        # layer at once by FusedNet.forward: one op instead of one per layer.
         running = not self.training or track_stats
-        if self.training and track_stats:
-            self.num_batches_tracked.add_(1)       # F.batch_norm leaves it to the module
         return F.batch_norm(h, self.running_mean if running else None,
                             self.running_var if running else None, self.weight, self.bias,
                             self.training, self.momentum, self.eps)
@@ -131,11 +131,6 @@ class GroupedFCBlock(nn.Module):
         self.fc = GroupedLinear([b.fc for b in blocks])
         self.bn = GroupedBatchNorm([b.bn for b in blocks])
 
-    def squared_norm(self) -> torch.Tensor:
-        """||theta||^2 of each member's parameters of this layer: (N,)."""
-        n = self.fc.n
-        return sum(p.view(n, -1).pow(2).sum(1) for p in self.parameters())
-
     def members(self, x: torch.Tensor) -> torch.Tensor:
         """An activation (B, N*D) as each member's mini-batch: (N, B, D), a view."""
         return x.unsqueeze(0) if self.fc.n == 1 else x.view(len(x), self.fc.n, -1).transpose(0, 1)
@@ -147,8 +142,22 @@ class GroupedFCBlock(nn.Module):
 class GroupedBottleneckHead(nn.Module):
     def __init__(self, heads):
         super().__init__()
+        self.n = len(heads)
         self.blocks = nn.ModuleList(GroupedFCBlock(layer) for layer in zip(*(h.blocks for h in heads)))
         self.out = GroupedLinear([h.out for h in heads])
+        # Which layer (0-based) each of a member's block parameters belongs to, in the order
+        # squared_norms concatenates them (int32: half the bytes of the default int64).
+        sizes = [p.numel() // self.n for block in self.blocks for p in block.parameters()]
+        layer = [j for j, block in enumerate(self.blocks) for _ in block.parameters()]
+        self.register_buffer("layer_of", torch.repeat_interleave(
+            torch.tensor(layer, dtype=torch.int32), torch.tensor(sizes)), persistent=False)
+
+    def squared_norms(self) -> torch.Tensor:
+        """||theta_j||^2 of every layer j and member: (L, N), in one pass over all their
+        parameters (each member's values are contiguous rows of the stacked tensors)."""
+        flat = torch.cat([p.view(self.n, -1) for block in self.blocks for p in block.parameters()], 1)
+        sums = flat.new_zeros(self.n, len(self.blocks)).index_add_(1, self.layer_of, flat.square())
+        return sums.t()
 
     def forward(self, h0: torch.Tensor, generators=None):
         feats = [h0]                                     # [(B, N*d_in), (B, N*16W), ..., (B, N*W)]
@@ -224,6 +233,9 @@ class FusedNet(nn.Module):
 
     def forward(self, x: torch.Tensor):
         n, b = x.shape[:2]
+        if self.training:           # every BatchNorm layer sees one batch: count it, in one op
+            torch._foreach_add_([m.num_batches_tracked for m in self.modules()
+                                 if isinstance(m, GroupedBatchNorm)], 1)
         images = x[0] if n == 1 else x.transpose(0, 1).reshape(b, n * x.shape[2], *x.shape[3:])
         h0 = to_head_input(self.features(images), self.head_input)     # (B, N*D), member-major
         if len(self.slices) == 1:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .fused import FusedNet
-from .manifold import LocalTerm, alpha, local_loss, local_terms
+from .manifold import Weights, manifold_loss
 from .model import build_model
 
 
@@ -27,23 +27,17 @@ from .model import build_model
 class HeadObjective:
     """The loss terms of one head sub-group (members of one width): Eq. 1 + Eq. 3."""
     members: slice
-    terms: list[LocalTerm]              # every L_u^(k) any member of the sub-group uses
-    alpha: dict                         # term -> (n_g,) alpha_k per member; 0 where unused
-    lam: torch.Tensor                   # (n_g,) lambda per member
+    manifold: Weights | None            # None: no member of the sub-group is regularized
 
 
 def objectives(model: FusedNet, cfgs, device, dtype) -> list[HeadObjective]:
     out = []
     for s, head in zip(model.slices, model.head):
-        group = cfgs[s]
-        n_layers = len(head.blocks) if hasattr(head, "blocks") else 0
-        uses = [local_terms(n_layers, c.reg_pairs) if c.regularizer else [] for c in group]
-        terms = list(dict.fromkeys(t for u in uses for t in u))     # in order, once each
-        weights = {t: torch.tensor([alpha(t, c.alpha_first, c.alpha_second) if t in u else 0.0
-                                    for c, u in zip(group, uses)], dtype=dtype, device=device)
-                   for t in terms}
-        lam = torch.tensor([c.reg_lambda for c in group], dtype=dtype, device=device)
-        out.append(HeadObjective(s, terms, weights, lam))
+        if not any(c.regularizer for c in cfgs[s]):
+            out.append(HeadObjective(s, None))
+            continue
+        widths = [head.blocks[0].fc.weight.shape[1]] + [b.fc.weight.shape[0] // head.n for b in head.blocks]
+        out.append(HeadObjective(s, Weights.of(cfgs[s], widths, device, dtype)))
     return out
 
 
@@ -62,8 +56,10 @@ def member_losses(model: FusedNet, heads: list[HeadObjective], x: torch.Tensor,
     out = []
     for (logits, feats), head, obj in zip(model(x), model.head, heads):
         ce = cross_entropy(logits, y[obj.members])
-        L_u = [obj.alpha[t] * local_loss(head.blocks, feats, t, obj.lam) for t in obj.terms]
-        out.append(ce + sum(L_u))                             # Eq. 1 + Eq. 3, (n_g,)
+        if obj.manifold is None:
+            out.append(ce)                                    # Eq. 1 alone
+        else:
+            out.append(ce + manifold_loss(head, feats, obj.manifold))   # Eq. 1 + Eq. 3, (n_g,)
     return torch.cat(out) if len(out) > 1 else out[0]
 
 
@@ -77,8 +73,10 @@ class Group:
         device = next(nets[0].parameters()).device
         self.model = FusedNet(nets, [m.generator for m in members])       # on the nets' device
         self.model.train()
+        # foreach: one op updates every parameter (the default on CUDA, not on CPU); the same
+        # arithmetic, tensor by tensor, as the for-loop SGD.
         self.opt = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                   weight_decay=cfg.weight_decay)
+                                   weight_decay=cfg.weight_decay, foreach=True)
         self._set_momentum(momenta)
         self.heads = objectives(self.model, [m.cfg for m in members], device, self.dtype)
         self.losses = functools.partial(member_losses, self.model, self.heads)

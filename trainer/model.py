@@ -59,22 +59,8 @@ class FCBlock(nn.Module):
         self.fc = nn.Linear(d_in, d_out)
         self.bn = nn.BatchNorm1d(d_out)
 
-    def squared_norm(self) -> torch.Tensor:
-        """||theta||^2 of this layer's parameters (Eq. 4's lambda term)."""
-        return sum(p.pow(2).sum() for p in self.parameters())
-
-    def members(self, x: torch.Tensor) -> torch.Tensor:
-        """The mini-batch(es) in an activation: one trial's is the activation itself (B, D)
-        (a fused group's layer splits its (B, N*D) into (N, B, D): trainer/fused.py)."""
-        return x
-
-    def forward(self, x: torch.Tensor, track_stats: bool = True) -> torch.Tensor:
-        if track_stats or not self.training:
-            return F.relu(self.bn(self.fc(x)))
-        # The regularizer's recomputation: the same batch statistics as the main pass, but
-        # the running mean/var are not updated a second time.
-        bn = self.bn
-        return F.relu(F.batch_norm(self.fc(x), None, None, bn.weight, bn.bias, True, 0.0, bn.eps))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn(self.fc(x)))
 
 
 class BottleneckHead(nn.Module):
