@@ -1,38 +1,32 @@
-"""One fused step of N trials against N solo steps of the same trials (and a torch.func
-vmap version of the fusion, the alternative we measured and did not keep).
+"""One fused step of N trials against N solo steps of the same trials.
 
     OMP_NUM_THREADS=1 python bench/bench_fused.py --n 1,2,4,8,16 --divisors 16,4 --batch-sizes 5,9
     python bench/bench_fused.py --device cuda --divisors 1 --n 6,12,18 --batch-sizes 5   # a GPU
 
 Per (divisor, batch, N) it prints milliseconds per step of
-  solo    the N trials one after another, each the textbook step of its own Net (forward,
+  solo    the N trials one after another, each the trainer's step of a group of one (forward,
           cross-entropy + the manifold terms of Eq. 3-4, backward, SGD): what one trial per
           process does;
   fused   trainer.group.Group.step: the trainer's own step over the N stacked trials;
-  vmap    the same N trials through torch.func (stack_module_state + functional_call +
-          vmap(grad)), SGD on the stacked tensors by hand;
-and the speed-ups solo / fused and solo / vmap. Every trial has the regularizer on, its own
-seed and its own batch (batches made beforehand, so only the step is timed). Repeats
-interleave the three so a noisy neighbour hits all of them; min and median are reported.
+and the speed-up solo / fused. Every trial has the regularizer on, its own seed and its own
+batch (batches made beforehand, so only the step is timed). Repeats interleave the two so a
+noisy neighbour hits both; min and median are reported. (A torch.func vmap version of the
+fusion, measured on earlier commits and not kept, is in BENCHMARKS.md.)
 """
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere in the repo
 
 from trainer.config import Config  # noqa: E402
 from trainer.group import Group  # noqa: E402
-from trainer.manifold import alpha, local_loss, local_terms  # noqa: E402
 from trainer.model import build_model  # noqa: E402
 from trainer.train import Member, resolve_device  # noqa: E402
 
@@ -42,61 +36,23 @@ def configs(n: int, divisor: int, batch: int, device: str, width: int = 32) -> l
                                   width=width, regularizer=True, seed=s, device=device)) for s in range(n)]
 
 
-class Objective(nn.Module):
-    """One trial's training loss, Eq. 1 + Eq. 3, as a module (what functional_call needs)."""
-
-    def __init__(self, net, cfg: Config):
-        super().__init__()
-        self.net, self.cfg = net, cfg
-        self.terms = local_terms(len(net.head.blocks), cfg.reg_pairs)
-
-    def forward(self, x, y):
-        logits, feats = self.net(x)
-        c = self.cfg
-        return F.cross_entropy(logits, y) + sum(
-            alpha(t, c.alpha_first, c.alpha_second) * local_loss(self.net.head.blocks, feats, t, c.reg_lambda)
-            for t in self.terms)
+def _group(cfgs, device) -> Group:
+    cfgs = sorted(cfgs, key=lambda c: -c.width)          # one head shape next to each other
+    members = [Member(i, c, None, generator=torch.Generator(device=device)) for i, c in enumerate(cfgs)]
+    return Group(members, [build_model(c).to(device) for c in cfgs], [{} for _ in cfgs])
 
 
 def solo_steps(cfgs, device):
-    objectives = [Objective(build_model(c).to(device).train(), c) for c in cfgs]
-    opts = [torch.optim.SGD(o.parameters(), lr=c.lr) for o, c in zip(objectives, cfgs)]
+    groups = [_group([c], device) for c in cfgs]
 
     def step(x, y):
-        for i, (obj, opt) in enumerate(zip(objectives, opts)):
-            loss = obj(x[i], y[i])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        for i, group in enumerate(groups):
+            group.step(x[i:i + 1], y[i:i + 1])
     return step
 
 
 def fused_step(cfgs, device):
-    cfgs = sorted(cfgs, key=lambda c: -c.width)          # one head shape next to each other
-    members = [Member(i, c, None, generator=torch.Generator(device=device)) for i, c in enumerate(cfgs)]
-    group = Group(members, [build_model(c).to(device) for c in cfgs], [{} for _ in cfgs])
-    return group.step
-
-
-def vmap_step(cfgs, device):
-    from torch.func import functional_call, grad, stack_module_state, vmap
-
-    objectives = [Objective(build_model(c).to(device).train(), c) for c in cfgs]
-    params, buffers = stack_module_state(objectives)
-    base = copy.deepcopy(objectives[0]).to("meta")
-    lr = cfgs[0].lr
-
-    def loss(p, b, x, y):
-        return functional_call(base, (p, b), (x, y))
-
-    grads = vmap(grad(loss), in_dims=(0, 0, 0, 0), randomness="different")
-
-    def step(x, y):
-        g = grads(params, buffers, x, y)
-        with torch.no_grad():
-            for k, p in params.items():
-                p.sub_(lr * g[k])
-    return step
+    return _group(cfgs, device).step
 
 
 def timed(step, x, y, steps: int, sync) -> float:
@@ -115,7 +71,6 @@ def main(argv=None) -> int:
     p.add_argument("--batch-sizes", default="5,9")
     p.add_argument("--steps", type=int, default=10, help="steps per timing")
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--impls", default="fused,vmap", help="besides solo: fused, vmap")
     p.add_argument("--width", type=int, default=32, help="W (the head's narrowest width)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
@@ -123,8 +78,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    impls = ["solo"] + args.impls.split(",")
-    make = {"solo": solo_steps, "fused": fused_step, "vmap": vmap_step}
+    impls = ["solo", "fused"]
+    make = {"solo": solo_steps, "fused": fused_step}
     print(f"torch {torch.__version__}, {device}, {args.threads} thread(s), bottleneck W={args.width}, "
           f"regularizer on; ms per step of all N trials; min / median of {args.repeats}")
     print(f"{'div':>4} {'batch':>5} {'N':>3} " + " ".join(f"{i + ' min':>10} {'med':>7}" for i in impls)

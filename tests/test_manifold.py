@@ -7,7 +7,8 @@ from trainer.config import Config
 from trainer.fused import FusedNet
 from trainer.group import Group
 from trainer.manifold import (LocalTerm, Weights, alpha, column_index, distance_preservation_loss,
-                              distance_preservation_losses, layer_weights, local_terms, manifold_loss)
+                              distance_preservation_losses, layer_weights, local_terms, manifold_loss,
+                              add_theta_gradients)
 from trainer.model import Net, build_model
 from trainer.train import Member
 
@@ -137,21 +138,27 @@ TERMS = [(mode, t) for mode in ("adjacent", "even") for t in local_terms(10, mod
 @pytest.mark.parametrize("reg_pairs,term", TERMS,
                          ids=[f"{m}-FC{t.prev}-FC{t.curr}" for m, t in TERMS])
 def test_local_term_reaches_exactly_the_layers_it_spans(reg_pairs, term):
+    """Its whole gradient: autograd's (the distances) and the lambda term's (added after
+    backward) reach the layers it spans, and nothing else."""
     torch.manual_seed(0)
     model = FusedNet([Net("bottleneck", 4, 10, 16)]).train()     # the trainer's layers, one member
     [(_, feats)] = model(torch.randn(1, 6, 3, 32, 32))
     before = bn_state(model)
-    loss = manifold_loss(model.head[0], feats, one_term(model.head[0], term, 1e-3))
-    names, params = zip(*model.named_parameters())
-    grads = dict(zip(names, torch.autograd.grad(loss.sum(), params, allow_unused=True)))
+    w = one_term(model.head[0], term, 1e-3)
+    manifold_loss(model.head[0], feats, w).sum().backward()
+    autograd = {name: None if p.grad is None else p.grad.clone() for name, p in model.named_parameters()}
+    for p in model.head[0].blocks.parameters():
+        p.grad = torch.zeros_like(p) if p.grad is None else p.grad
+    add_theta_gradients(model.head[0], w)
     inside = {f"head.0.blocks.{j - 1}." for j in term.blocks}
-    for name, grad in grads.items():
+    for name, p in model.named_parameters():
         if name[:16] in inside:
-            assert grad is not None and grad.abs().sum() > 0, name
-        elif name.startswith("head.0.blocks."):      # other FC layers: ||theta||^2 of every
-            assert torch.count_nonzero(grad) == 0, name   # layer is one op, weighted 0 here
+            assert autograd[name] is not None and autograd[name].abs().sum() > 0, name
+            c = w.theta_weight[int(name.split(".")[3]), 0]
+            torch.testing.assert_close(p.grad - autograd[name], 2 * c * p.detach())   # + 2 c_j theta_j
         else:
-            assert grad is None, name                # the conv section, the classifier
+            assert autograd[name] is None, name      # conv, other FC layers, the classifier
+            assert p.grad is None or torch.count_nonzero(p.grad) == 0, name
     after = bn_state(model)
     assert all(torch.equal(before[k], after[k]) for k in before)   # recomputation: no update
 

@@ -145,19 +145,23 @@ class GroupedBottleneckHead(nn.Module):
         self.n = len(heads)
         self.blocks = nn.ModuleList(GroupedFCBlock(layer) for layer in zip(*(h.blocks for h in heads)))
         self.out = GroupedLinear([h.out for h in heads])
-        # Which layer (0-based) each of a member's block parameters belongs to, in the order
-        # squared_norms concatenates them (int32: half the bytes of the default int64).
-        sizes = [p.numel() // self.n for block in self.blocks for p in block.parameters()]
-        layer = [j for j, block in enumerate(self.blocks) for _ in block.parameters()]
-        self.register_buffer("layer_of", torch.repeat_interleave(
-            torch.tensor(layer, dtype=torch.int32), torch.tensor(sizes)), persistent=False)
+        # Each member's block of each block parameter, detached (they alias the parameters,
+        # so SGD's in-place updates show): member-major, then layer, then parameter.
+        self._member_blocks = [p.detach().view(self.n, -1)[m] for m in range(self.n)
+                               for block in self.blocks for p in block.parameters()]
 
     def squared_norms(self) -> torch.Tensor:
-        """||theta_j||^2 of every layer j and member: (L, N), in one pass over all their
-        parameters (each member's values are contiguous rows of the stacked tensors)."""
-        flat = torch.cat([p.view(self.n, -1) for block in self.blocks for p in block.parameters()], 1)
-        sums = flat.new_zeros(self.n, len(self.blocks)).index_add_(1, self.layer_of, flat.square())
-        return sums.t()
+        """||theta_j||^2 of every layer j and member, (L, N), in one op (a member's values
+        are contiguous rows of each stacked tensor). A value: no gradient flows from it."""
+        norms = torch.stack(torch._foreach_norm(self._member_blocks))          # (N*L*P,)
+        return norms.square().view(self.n, len(self.blocks), -1).sum(-1).t()
+
+    def add_squared_norm_gradients(self, weight: torch.Tensor) -> None:
+        """p.grad += 2 w_j p for every parameter p of every layer j, each member with its own
+        weight (L, N): the gradient of sum_j w_j ||theta_j||^2, in place."""
+        for j, block in enumerate(self.blocks):
+            for p in block.parameters():
+                p.grad.view(self.n, -1).addcmul_(p.detach().view(self.n, -1), weight[j, :, None], value=2)
 
     def forward(self, h0: torch.Tensor, generators=None):
         feats = [h0]                                     # [(B, N*d_in), (B, N*16W), ..., (B, N*W)]

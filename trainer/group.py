@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .fused import FusedNet
-from .manifold import Weights, manifold_loss
+from .manifold import Weights, add_theta_gradients, manifold_loss
 from .model import build_model
 
 
@@ -91,10 +91,18 @@ class Group:
     def update(self, losses: torch.Tensor) -> torch.Tensor:
         """The step's second half: backward from the members' losses, then SGD. Gradients
         are freed right after the step, so none is held through the next forward pass."""
-        losses.sum().backward()         # members share no weights: each gets its own gradient
+        self.backward(losses)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         return losses.detach()
+
+    def backward(self, losses: torch.Tensor) -> None:
+        """Every member's gradient of its own loss (members share no weights), the manifold
+        terms' weight decay (manifold.add_theta_gradients) included."""
+        losses.sum().backward()
+        for head, obj in zip(self.model.head, self.heads):
+            if obj.manifold is not None:
+                add_theta_gradients(head, obj.manifold)
 
     def member_state(self, i: int) -> tuple[dict, dict]:
         """(Net state_dict, {parameter name: momentum buffer}) of member i: what its

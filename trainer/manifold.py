@@ -12,7 +12,11 @@ dispatches, not what it computes (trainer/cost.py). Eq. 3 regrouped by layer is 
     L_u = sum_k alpha_k * D^(k)  +  sum_j c_j ||theta_j||^2,   c_j = lambda * sum_{k spans j} alpha_k
 
 D^(k), the first term of Eq. 4, for all k in one pass (`distance_preservation_losses`), and
-||theta_j||^2 of every layer in one pass (GroupedBottleneckHead.squared_norms, trainer/fused.py).
+||theta_j||^2 of every layer in one op (GroupedBottleneckHead.squared_norms, trainer/fused.py).
+The lambda term is a weight decay: its value joins the loss, and its gradient 2 c_j theta_j
+is added to the parameters' gradients after backward (`add_theta_gradients`), instead of
+through autograd, which would keep a copy of every head parameter until backward (FC1
+alone is 51 MB at 224 px).
 
 Shapes carry optional leading dims: x (B, D) is one trial's mini-batch; x (N, B, D) is a
 fused group's (trainer/fused.py), and every loss is then one value per member, (N,).
@@ -40,8 +44,8 @@ def distances(sq: torch.Tensor) -> torch.Tensor:
 def column_index(widths: list[int], device=None) -> torch.Tensor:
     """(sum widths,) int32: for each column of activations laid side by side, which one it
     belongs to (0..len(widths)-1)."""
-    return torch.repeat_interleave(torch.arange(len(widths), dtype=torch.int32),
-                                   torch.tensor(widths, dtype=torch.int64)).to(device)
+    return torch.repeat_interleave(torch.arange(len(widths), dtype=torch.int32, device=device),
+                                   torch.tensor(widths, device=device), output_size=sum(widths))
 
 
 def distance_preservation_losses(prevs: list[torch.Tensor], currs: list[torch.Tensor],
@@ -140,7 +144,14 @@ def term_activations(blocks, feats: list[torch.Tensor], term: LocalTerm):
 
 def manifold_loss(head, feats: list[torch.Tensor], w: Weights) -> torch.Tensor:
     """Eq. 3, sum_k alpha_k L_u^(k), of every member: (n,). head: a GroupedBottleneckHead
-    (trainer/fused.py); feats: its activations."""
+    (trainer/fused.py); feats: its activations. Backward gives the gradient of the distance
+    terms; add_theta_gradients then adds the lambda terms' own."""
     prevs, currs = zip(*(term_activations(head.blocks, feats, t) for t in w.terms))
     D = distance_preservation_losses(list(prevs), list(currs), w.column_of)   # (T, n)
     return (w.alpha * D).sum(0) + (w.theta_weight * head.squared_norms()).sum(0)
+
+
+def add_theta_gradients(head, w: Weights) -> None:
+    """d/d theta_j of sum_j c_j ||theta_j||^2 = 2 c_j theta_j, added to every member's
+    gradients (after backward, before the optimizer step)."""
+    head.add_squared_norm_gradients(w.theta_weight)
