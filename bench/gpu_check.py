@@ -1,4 +1,4 @@
-"""The GPU checks, as one short script for a lent GPU machine (~5 min on an H200).
+"""The GPU checks, as one short script for a lent GPU machine (<= 8 min on an H200, compiling included).
 
     python bench/gpu_check.py                  # exit 0: every check passed; 1: one failed
     python bench/gpu_check.py --device cpu     # the same logic at toy sizes, no CUDA checks
@@ -11,15 +11,21 @@
    dropout, solo and fused;
 3. a member that turns non-finite does not touch the others (grouped cuDNN convs included);
 4. fused throughput: full width, batch 5, regularizer on, N = 6, 12, 18 fused members
-   against one solo eager trial (the goal: >= 10x at N = 18), and torch.compile's
-   reduce-overhead mode (CUDA graphs) on a fused group;
+   against one solo eager trial (the goal: >= 10x at N = 18);
 5. the memory forecast against torch.cuda.max_memory_allocated for the four section 4.4
-   configurations at 224x224 and for batch 5 at 32x32 (the goal: within 10%).
-It prints a compact report to paste into BENCHMARKS.md's GPU section.
+   configurations at 224x224 and for batch 5 at 32x32 (the goal: within 10%);
+6. the time calibration: ms/step of N = 1 and 18 (W=32, batch 5, full width, regularizer
+   on), eager and torch.compile reduce-overhead (CUDA graphs), over the ops and FLOPs each
+   step dispatches (trainer/cost.py): t_op eager and compiled, and the FLOP rate where the
+   step shows it (bench/calibrate.py). Written, "assumed": false, with the GPU's name, the
+   date and torch's version, to trainer/calibration.json, which `plan` reads: commit it.
+It prints a compact report to paste into BENCHMARKS.md's GPU section, and writes checks 5
+and 6 to bench/gpu_check.json.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -36,8 +42,11 @@ from trainer.memory import MB  # noqa: E402
 from trainer.train import train  # noqa: E402
 
 from bench_fused import fused_step, solo_steps, timed  # noqa: E402
+from calibrate import calibrate  # noqa: E402
 
 FAILED: list[str] = []
+REPORT: dict = {}                  # what goes to bench/gpu_check.json
+REPORT_PATH = Path(__file__).with_name("gpu_check.json")
 
 
 def check(ok: bool, what: str) -> None:
@@ -140,21 +149,6 @@ def throughput(args) -> None:
         print(f"  fused N={n:>2}: {ms:7.2f} ms per step, {gain:5.1f}x the throughput of one solo trial")
         if n == 18:
             check(gain >= 10, f"N=18 throughput {gain:.1f}x >= 10x")
-    if args.device == "cuda":
-        cfgs = [cfg(args, regularizer=True, batch_size=5, seed=i, compile="reduce-overhead") for i in range(6)]
-        group, data, plan = group_of(cfgs)
-        t0 = time.perf_counter()
-        for step in range(3):
-            group.step(*group_batch(data, plan, step, 5, torch.float32, 32))
-        torch.cuda.synchronize()
-        compile_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        for step in range(3, 23):
-            losses = group.step(*group_batch(data, plan, step, 5, torch.float32, 32))
-        torch.cuda.synchronize()
-        per = (time.perf_counter() - t0) / 20 * 1e3
-        check(bool(torch.isfinite(losses).all()),
-              f"compile=reduce-overhead, 6 fused: {per:.2f} ms per step after {compile_s:.0f} s of compiling")
 
 
 def forecast_vs_measured(args) -> None:
@@ -162,20 +156,36 @@ def forecast_vs_measured(args) -> None:
     cases = [dict(arch="vgg16", batch_size=16, image_size=224), dict(arch="vgg16", batch_size=7, image_size=224),
              dict(regularizer=True, batch_size=16, image_size=224), dict(regularizer=True, batch_size=7, image_size=224),
              dict(regularizer=True, batch_size=5)]
+    REPORT["memory"] = []
     for case in cases:
         c = cfg(args, dataset="cifar10", train_samples=5000, test_samples=1000, **case)
         f = forecast([c])
         torch.cuda.empty_cache()
         measured = step_peaks([c], CudaAllocator(), "cuda").peak
         ratio = f.peak / measured
+        REPORT["memory"].append({**case, "forecast_mb": f.peak / MB, "measured_mb": measured / MB})
         check(abs(ratio - 1) <= 0.10, f"{case}: forecast {f.peak / MB:,.0f}, measured "
               f"{measured / MB:,.0f} (forecast/measured {ratio:.3f})")
+
+
+def time_calibration(args) -> None:
+    """Check 6. On a CPU (toy sizes, eager only) it runs the same code and writes nothing."""
+    print("6. time calibration: ms/step over ops/step (trainer/calibration.json)")
+    modes = ["off", "reduce-overhead"] if args.device == "cuda" else ["off"]
+    cases = [dict(n=n, divisor=args.divisor, compile=mode, steps=20 if mode == "off" else 30,
+                  repeats=3, warmup=3) for mode in modes for n in (1, max(args.n))]
+    values = calibrate(args.device, cases, write=args.device == "cuda" and not args.no_write)
+    REPORT["calibration"] = values
+    check(all(v > 0 and math.isfinite(v) for v in values.values()), f"constants measured: {sorted(values)}")
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
-    p.add_argument("--n", default="6,12,18", help="fused group sizes to time")
+    p.add_argument("--n", default="6,12,18", help="fused group sizes to time (the largest "
+                                                  "is calibrated too)")
+    p.add_argument("--no-write", action="store_true",
+                   help="leave trainer/calibration.json and bench/gpu_check.json as they are")
     args = p.parse_args(argv)
     args.n = [int(v) for v in args.n.split(",")]
     args.divisor = 1 if args.device == "cuda" else 16       # CPU: toy sizes, logic only
@@ -194,6 +204,11 @@ def main(argv=None) -> int:
     throughput(args)
     if args.device == "cuda":
         forecast_vs_measured(args)
+    time_calibration(args)
+    if args.device == "cuda" and not args.no_write:
+        REPORT_PATH.write_text(json.dumps({"gpu": torch.cuda.get_device_name(0),
+                                           "torch": torch.__version__, **REPORT}, indent=2) + "\n")
+        print(f"written: {REPORT_PATH}")
     print(f"{'FAILED: ' + '; '.join(FAILED) if FAILED else 'all checks passed'} "
           f"({time.perf_counter() - t0:.0f} s)")
     return 1 if FAILED else 0

@@ -85,6 +85,12 @@ def cmd_run(args) -> int:
     if args.dry_run:
         for group in plan.groups:
             print(f"  would run {len(group)} together: " + ", ".join(f"{t.name} ({t.key})" for t in group))
+        if plan.groups:
+            from .run import costs
+
+            for line in costs.forecast_lines(costs.group_costs(plan.groups, plan.states),
+                                             costs.local_gpus(), memory=False):
+                print(line)
         return 0
     if not plan.todo:
         print("nothing to run: every trial is FINISHED in MLflow.")
@@ -144,9 +150,7 @@ def _states(plan) -> dict[str, str]:
 def cmd_plan(args) -> int:
     """Every trial, its state, and the fused groups `run` would launch with their memory
     forecast (no Ray; nothing written)."""
-    from .run import launch
-    from .run.packing import needed_bytes
-    from .run.plan import group_forecast
+    from .run import costs, launch
 
     plan = _plan(args)
     states = _states(plan)
@@ -162,15 +166,11 @@ def cmd_plan(args) -> int:
               f"{launch.steps_per_trial(t.config):>12,} {group:>6}")
     if not plan.groups:
         return 0
-    print(f"\n{len(plan.groups)} group(s) to run (fuse: {plan.sweep.fuse}); GPU memory of one "
-          f"training step, forecast on this machine (MB):", flush=True)
-    print(f"{'group':>6} {'trials':>6} {'model':>8} {'peak':>8} {'dynamic':>8} {'forward':>8} "
-          f"{'a GPU share needs':>18}  first trial")
-    for i, group in enumerate(plan.groups, 1):
-        f = group_forecast(group)
-        print(f"{'g' + str(i):>6} {len(group):>6} {f.model_mb:>8,.0f} {f.peak_mb:>8,.0f} "
-              f"{f.dynamic_peak_mb:>8,.0f} {f.forward_peak_mb:>8,.0f} "
-              f"{needed_bytes(f) / 1e9:>15.1f} GB  {group[0].name}")
+    gpus = costs.local_gpus() if args.gpus is None else args.gpus
+    print(f"\n{len(plan.groups)} group(s) to run (fuse: {plan.sweep.fuse}); each group's "
+          f"training alone on one GPU and its GPU memory (MB), forecast on this machine:", flush=True)
+    for line in costs.forecast_lines(costs.group_costs(plan.groups, plan.states), gpus):
+        print(line)
     print("peak: model + data on the GPU + the step; dynamic: peak - model - data. A share adds "
           "headroom for what a forecast cannot see (CUDA context, library workspaces).")
     return 0
@@ -247,8 +247,13 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--dry-run", action="store_true", help="say what would run; launch and write nothing")
     r.add_argument("--yes", action="store_true", help="start a paper-size sweep even on CPUs only")
     r.set_defaults(fn=cmd_run)
-    with_sweep("plan", "list the trials, their state, and the fused groups `run` would launch "
-                       "with their GPU memory forecast").set_defaults(fn=cmd_plan)
+    pl = with_sweep("plan", "list the trials, their state, and the fused groups `run` would "
+                            "launch with their forecast GPU time and memory")
+    pl.add_argument("--gpus", type=int, metavar="N",
+                    help="GPUs the sweep will run on, for its wall time (default: the GPUs torch "
+                         "sees here; with none, the time on one GPU and with one per group). "
+                         "plan starts no Ray, so it cannot count a cluster's")
+    pl.set_defaults(fn=cmd_plan)
     with_sweep("status", "progress of a sweep from MLflow (works while `run` goes on)"
                ).set_defaults(fn=cmd_status)
     t = sub.add_parser("tables", help="rebuild the paper's tables, figures and report from MLflow",

@@ -39,7 +39,7 @@ def cfg(**kw) -> Config:
 def test_loss_and_every_gradient_equal_the_papers_term_by_term(members):
     """float64, one step from the same state: each member's loss and the gradient of each
     of its parameters within 1e-10 of the reference, relative to the tensor's largest entry
-    (or, for a gradient at the rounding-noise level, to 1e-5 of the member's largest)."""
+    (or, for a gradient at the rounding-noise level, to 1e-3 of the member's largest)."""
     cfgs = [cfg(**m) for m in members]
     g = torch.Generator().manual_seed(0)
     x = torch.randn(len(cfgs), 5, 3, 32, 32, generator=g, dtype=torch.float64)
@@ -62,7 +62,7 @@ def test_loss_and_every_gradient_equal_the_papers_term_by_term(members):
             # A tensor whose gradient is rounding noise (a bias feeding BatchNorm, which
             # subtracts the batch mean: true gradient 0 but for lambda's term) is measured
             # against the member's largest gradient instead of its own largest entry.
-            scale = max(r.abs().max(), 1e-5 * largest)
+            scale = max(r.abs().max(), 1e-3 * largest)
             assert (ours - r).abs().max() <= 1e-10 * scale, (members[i], name)
 
 

@@ -5,6 +5,7 @@
     python -m trainer memory [--format table|json]      # Table 5: our bytes beside the paper's
     python -m trainer memory --forecast --arch vgg16 --batch-size 16 --image-size 224 \
         [--format json|md]                               # one step's peak GPU memory, on a CPU
+    python -m trainer cost --regularizer --members 18   # ops, FLOPs and GPU hours of a step
 """
 from __future__ import annotations
 
@@ -158,10 +159,40 @@ def forecast_memory(argv: list[str]) -> int:
     return 0
 
 
+def cost(argv: list[str]) -> int:
+    """`cost`: a training step's (and an evaluation chunk's) ops and FLOPs, counted on fake
+    tensors, and the seconds the constants of trainer/calibration.json make of them."""
+    p = config_parser("python -m trainer cost",
+                      "Count the ops one training step dispatches (batch, forward, backward, "
+                      "optimizer) and its FLOPs (matmuls and convolutions), and one evaluation "
+                      "chunk's, for the trial these flags describe, or a fused group of "
+                      "--members copies (seeds 0..N-1); and the trial's forecast GPU time.")
+    p.add_argument("--members", type=int, default=1, help="fused group size (default: 1)")
+    args = vars(p.parse_args(argv))
+    members = args.pop("members")
+    for unused in ("checkpoint_dir", "json"):
+        args.pop(unused)
+    try:
+        cfgs = [Config.from_dict({**args, "seed": args["seed"] + i}, source="flags") for i in range(members)]
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    from .calibration import group_time, rates  # torch import after argument errors
+    from .cost import cost_configs
+
+    _, c = cost_configs([cfg.to_dict() for cfg in cfgs])
+    t = group_time(cfgs, c, rates("cuda"))
+    print(json.dumps({**c.as_dict(), "steps": t.steps, "evaluations": t.evaluations,
+                      "gpu_hours": t.hours, "constants": rates("cuda").note()}, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["memory"]:
         return memory(argv[1:])
+    if argv[:1] == ["cost"]:
+        return cost(argv[1:])
     return run_trial(argv)
 
 

@@ -274,20 +274,31 @@ def evaluate(group: Group, data: Data) -> dict[int, dict]:
                 "generalization_gap": train_acc[i] - test_acc[i]} for i in due}
 
 
+def eval_chunk_size(n: int, image_size: int) -> int:
+    """Images per evaluation forward pass of a group of n: EVAL_BATCH 32x32 images' worth."""
+    return max(1, EVAL_BATCH // (n * (image_size // 32) ** 2))
+
+
+def eval_chunk(group: Group, data: Data, x_uint8: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """How many of these images each member classifies right, (N,): one forward pass of
+    all members (the pass trainer/cost.py counts)."""
+    cfg, model = group.members[0].cfg, group.model
+    x = data.normalize(x_uint8, group.dtype, cfg.image_size)
+    logits = torch.cat([lg for lg, _ in model(x.expand(group.n, *x.shape))], dim=1)  # (b, N*C)
+    predicted = logits.view(len(x), group.n, -1).argmax(-1)                            # (b, N)
+    return (predicted == y[:, None]).sum(0)
+
+
 @torch.no_grad()
 def accuracy(group: Group, data: Data, x_uint8: torch.Tensor, y: torch.Tensor) -> list[float]:
     """Top-1 accuracy in % of every member, eval mode (BatchNorm running stats, no
     dropout, no augmentation); all members see the same images at once."""
-    cfg, model = group.members[0].cfg, group.model
-    chunk = max(1, EVAL_BATCH // (group.n * (cfg.image_size // 32) ** 2))
-    model.eval()
+    chunk = eval_chunk_size(group.n, group.members[0].cfg.image_size)
+    group.model.eval()
     correct = torch.zeros(group.n, dtype=torch.int64, device=y.device)
     for i in range(0, len(y), chunk):
-        x = data.normalize(x_uint8[i:i + chunk], group.dtype, cfg.image_size)
-        logits = torch.cat([lg for lg, _ in model(x.expand(group.n, *x.shape))], dim=1)  # (b, N*C)
-        predicted = logits.view(len(x), group.n, -1).argmax(-1)                            # (b, N)
-        correct += (predicted == y[i:i + chunk, None]).sum(0)
-    model.train()
+        correct += eval_chunk(group, data, x_uint8[i:i + chunk], y[i:i + chunk])
+    group.model.train()
     return (100.0 * correct.double() / len(y)).tolist()
 
 

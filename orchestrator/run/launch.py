@@ -23,17 +23,14 @@ from pathlib import Path
 from trainer.config import Config
 from trainer.errors import TrialError
 
-from . import driver, provenance, tracking
+from . import costs, driver, provenance, tracking
 from .lease import Lease, alive
 from .packing import pack
 from .plan import fuse_groups, group_forecast, group_name
 from .sweep import Sweep, SweepError, Trial, expand
 
-# CPU cost model for the "paper-size sweep on CPU" guard: forward GFLOP per 32x32 image of
-# VGG16's conv section (~15.5 GFLOP at 224x224, / 49), x3 for forward+backward, at ~3
-# GFLOP/s per core, what small-batch steps reached on the 2-core dev machine (BENCHMARKS.md).
-CONV_GFLOP_PER_IMAGE = 0.31
-CPU_GFLOPS_PER_CORE = 3.0
+# A sweep forecast (orchestrator/run/costs.py) to take longer than this on a CPU-only
+# cluster needs --yes: it was meant for GPUs.
 CPU_HOURS_NEEDING_YES = 2.0
 INTERRUPTED = 130           # the shell's exit code for a command stopped by Ctrl-C
 
@@ -70,15 +67,6 @@ def make_plan(sweep: Sweep, uri: str) -> RunPlan:
 def steps_per_trial(config: dict) -> int:
     cfg = Config.from_dict(config)
     return cfg.epochs * (cfg.train_size // cfg.batch_size)
-
-
-def cpu_hours(trials: list[Trial], cpus_per_trial: float, total_cpus: float) -> float:
-    """A rough estimate of a sweep's wall time on CPUs only (see CPU_GFLOPS_PER_CORE)."""
-    gflop = sum(3 * CONV_GFLOP_PER_IMAGE / t.config["vgg_width_divisor"] ** 2
-                * (t.config["image_size"] / 32) ** 2
-                * t.config["batch_size"] * steps_per_trial(t.config) for t in trials)
-    parallel = max(1.0, total_cpus // max(cpus_per_trial, 1))
-    return gflop / (CPU_GFLOPS_PER_CORE * max(cpus_per_trial, 1)) / parallel / 3600
 
 
 def preflight(plan: RunPlan, storage: Path) -> None:
@@ -139,8 +127,20 @@ def _launch(plan: RunPlan, storage: Path, options: Options, lease: Lease) -> int
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     first = placements[0].resources
-    if not first.get("gpu"):
-        hours = cpu_hours(plan.todo, first.get("cpu", 1), cluster.get("CPU", 1))
+    groups = [p.group for p in placements]              # as packed: a group may be split
+    if first.get("gpu"):
+        for line in costs.forecast_lines(costs.group_costs(groups, plan.states),
+                                         int(cluster.get("GPU", 0)), memory=False):
+            print(line)
+    else:
+        from trainer.calibration import rates
+
+        threads = max(1, int(first.get("cpu", 1)))
+        rows = costs.group_costs(groups, plan.states, "cpu", threads)
+        hours = costs.cpu_wall_hours(rows, first.get("cpu", 1), cluster.get("CPU", 1))
+        print(f"forecast on these CPUs (no GPU): {hours:,.1f} h wall, "
+              f"{costs.total_hours(rows):,.1f} group-hours at {threads} thread(s) each; "
+              + rates("cpu").note())
         if hours > CPU_HOURS_NEEDING_YES and not options.yes:
             print(f"error: this sweep would take about {hours:,.0f} hours on these CPUs "
                   f"(no GPU). Run it on a GPU cluster (README: 'Run on a GPU cluster'), or "

@@ -50,7 +50,9 @@ def group_name(group: list[Trial]) -> str:
 
 
 def group_forecast(group: list[Trial]):
-    """The memory forecast of one training step of the group (trainer/forecast.py)."""
-    from trainer.forecast import forecast_configs   # torch: only when a forecast is asked for
+    """The memory forecast of one training step of the group (trainer/forecast.py), from
+    the same cached fake run that counts its ops and FLOPs (trainer/cost.py): `plan` costs
+    one fake run per distinct group."""
+    from trainer.cost import cost_configs   # torch: only when a forecast is asked for
 
-    return forecast_configs([t.config for t in group])
+    return cost_configs([t.config for t in group])[0]
