@@ -146,7 +146,8 @@ class GroupedBottleneckHead(nn.Module):
         self.blocks = nn.ModuleList(GroupedFCBlock(layer) for layer in zip(*(h.blocks for h in heads)))
         self.out = GroupedLinear([h.out for h in heads])
         # Each member's block of each block parameter, detached (they alias the parameters,
-        # so SGD's in-place updates show): member-major, then layer, then parameter.
+        # so SGD's in-place updates show; a FusedNet is built on its device and never moved,
+        # which would leave them behind): member-major, then layer, then parameter.
         self._member_blocks = [p.detach().view(self.n, -1)[m] for m in range(self.n)
                                for block in self.blocks for p in block.parameters()]
 
