@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import signal
 import time
 from pathlib import Path
@@ -80,6 +81,13 @@ def test_a_second_driver_on_a_running_sweep_is_refused(tmp_path, uri):
     assert all(steps(uri, r.info.run_id) == list(range(1, EPOCHS + 1)) for r in after)
 
 
+def driver_traceback(out: str) -> bool:
+    """A traceback the driver printed. Lines Ray forwards from its workers start with
+    `(name pid=N)`: at shutdown a worker may print "Exception ignored ... SystemExit" from
+    Ray's own SIGTERM handler, which is not ours (a trial's failure shows in the exit code)."""
+    return any("Traceback" in line and not re.search(r"pid=\d+\)", line) for line in out.splitlines())
+
+
 def test_two_drivers_started_at_once_on_an_empty_store_run_the_sweep_once(tmp_path, uri):
     sweep = write_sweep(tmp_path / "s.yaml", "race", {"regularizer": [False, True]}, resources={"cpu": 1})
     procs = [cli(tmp_path, "run", str(sweep), "--tracking-uri", uri) for _ in range(2)]
@@ -87,7 +95,7 @@ def test_two_drivers_started_at_once_on_an_empty_store_run_the_sweep_once(tmp_pa
     # Usually the second finds the first's lease (exit 2); on a very slow machine it may
     # start after the first finished, and then finds nothing to run (exit 0).
     for proc, out in zip(procs, outs):
-        assert proc.returncode in (0, 2) and "Traceback" not in out, out
+        assert proc.returncode in (0, 2) and not driver_traceback(out), out
         assert proc.returncode == 0 or "another `run` of this sweep is active" in out, out
     assert 0 in [p.returncode for p in procs]
     after = runs(uri, "race")
