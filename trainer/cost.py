@@ -81,8 +81,9 @@ def conv_backward_flops(grad_out, x, w, bias_sizes, stride, padding, dilation, t
                         output_padding, groups, output_mask, out_val=None, **kwargs) -> int:
     """grad_input costs what the forward does; grad_weight too (each weight element sums
     over batch x output positions): both are forward-sized, with or without groups."""
-    if transposed:
-        raise NotImplementedError("transposed convolutions: no model here has one")
+    if transposed:      # its weight is (C_in, C_out/groups, k...): the formula above would miscount
+        raise ValueError("cost: FLOPs of a transposed convolution are not counted (no model here "
+                         "has one); add its formula to trainer/cost.py before counting such a model")
     forward = _conv(x.shape, w.shape, grad_out.shape)
     return forward * (bool(output_mask[0]) + bool(output_mask[1]))
 
