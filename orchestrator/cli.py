@@ -54,9 +54,10 @@ def _load(args) -> Sweep:
                            storage_path=getattr(args, "storage", None))
 
 
-def _plan(args):
+def _plan(args, gpus: int | None = None):
     """The sweep (with its overrides), its store (checked within seconds, never created
-    here) and what `run` would do. Read-only."""
+    here) and what `run` would do on this machine (with `gpus` GPUs: default, those torch
+    sees). Read-only."""
     from .run import launch, tracking
 
     sweep = _load(args)
@@ -65,12 +66,13 @@ def _plan(args):
         print(f"note: no MLflow store at {tracking.local_store(uri)} yet, so every trial is "
               f"pending" + ("" if args.command == "run" else "; pass --tracking-uri if it is "
                             "elsewhere"), file=sys.stderr)
-    return launch.make_plan(sweep, uri)
+    return launch.make_plan(sweep, uri, launch.local_nodes(gpus))
 
 
 def cmd_run(args) -> int:
     """Plan, check, then launch; the tables are built at the end."""
     from .run import driver, launch
+    from .run.plan import steps_per_trial
 
     plan = _plan(args)
     counts = classify(plan.trials, plan.states)
@@ -78,9 +80,9 @@ def cmd_run(args) -> int:
           f"{len(counts['new'])} new, {len(counts['resuming'])} resuming, "
           f"{len(counts['finished'])} finished (skipped)")
     if plan.todo:
-        steps = sorted({launch.steps_per_trial(t.config) for t in plan.todo})
+        steps = sorted({steps_per_trial(t.config) for t in plan.todo})
         print(f"steps per trial: {', '.join(f'{s:,}' for s in steps)}; {len(plan.groups)} "
-              f"group(s) of at most {plan.sweep.fuse} fused trials")
+              f"group(s) of at most {plan.sweep.fuse} fused trials, {groups_at_once(plan)}")
     print(f"tracking: {plan.uri}")
     if args.dry_run:
         for group in plan.groups:
@@ -88,7 +90,8 @@ def cmd_run(args) -> int:
         if plan.groups:
             from .run import costs
 
-            for line in costs.forecast_lines(costs.group_costs(plan.groups, plan.states),
+            for line in costs.forecast_lines(costs.group_costs(plan.groups, plan.states,
+                                                               measured=plan.measured),
                                              costs.local_gpus(), memory=False):
                 print(line)
         return 0
@@ -147,12 +150,19 @@ def _states(plan) -> dict[str, str]:
     return out
 
 
+def groups_at_once(plan) -> str:
+    """How many of the plan's groups run at the same time, and why."""
+    n = min(plan.at_once.count, len(plan.groups))
+    return f"{n} at once ({plan.at_once.why}; groups are formed so that none of them idles)"
+
+
 def cmd_plan(args) -> int:
     """Every trial, its state, and the fused groups `run` would launch with their memory
     forecast (no Ray; nothing written)."""
-    from .run import costs, launch
+    from .run import costs
+    from .run.plan import steps_per_trial
 
-    plan = _plan(args)
+    plan = _plan(args, args.gpus)
     states = _states(plan)
     print(f"sweep {plan.sweep.name}: {plan.sweep.description.strip()}\n{len(plan.trials)} trials, "
           f"tracking {plan.uri}\n")
@@ -163,16 +173,20 @@ def cmd_plan(args) -> int:
         epoch = f"{s.last_epoch if s else 0}/{t.config['epochs']}"
         group = f"g{group_of[t.key]}" if t.key in group_of else "-"
         print(f"{t.name:<28} {t.key:<13} {states[t.key]:<11} {epoch:>9} "
-              f"{launch.steps_per_trial(t.config):>12,} {group:>6}")
+              f"{steps_per_trial(t.config):>12,} {group:>6}")
     if not plan.groups:
         return 0
     gpus = costs.local_gpus() if args.gpus is None else args.gpus
-    print(f"\n{len(plan.groups)} group(s) to run (fuse: {plan.sweep.fuse}); each group's "
-          f"training alone on one GPU and its GPU memory (MB), forecast on this machine:", flush=True)
-    for line in costs.forecast_lines(costs.group_costs(plan.groups, plan.states), gpus):
+    print(f"\n{len(plan.groups)} group(s) to run (fuse: {plan.sweep.fuse}), {groups_at_once(plan)}; "
+          f"each group's training alone on one GPU and its GPU memory (MB), forecast on this "
+          f"machine:", flush=True)
+    for line in costs.forecast_lines(costs.group_costs(plan.groups, plan.states, measured=plan.measured),
+                                     gpus):
         print(line)
-    print("peak: model + data on the GPU + the step; dynamic: peak - model - data. A share adds "
-          "headroom for what a forecast cannot see (CUDA context, library workspaces).")
+    print("peak: model + data on the GPU + the step; dynamic: peak - model - data; measured: the "
+          "highest peak a group of the same shape reached on a GPU before (tracking store), "
+          "which sizes the share when it is larger. A share adds headroom for what a forecast "
+          "cannot see (CUDA context, library workspaces).")
     return 0
 
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.run.packing import CUDA_RESERVE, GB, HEADROOM, Node, PackingError, needed_bytes, pack
+from orchestrator.run.packing import (CUDA_RESERVE, GB, HEADROOM, Node, PackingError, allocator_cap,
+                                      devices, needed_bytes, pack, repacked)
 from orchestrator.run.plan import fuse_groups
 from orchestrator.run.sweep import Trial
 from trainer.config import Config
@@ -33,9 +34,86 @@ ONE_80GB = [Node(cpus=16, gpus=1, gpu_memory=80 * GB, name="gpu-node")]
     (2.0, [Node(cpus=96, gpus=8, gpu_memory=80 * GB)], {"cpu": 1, "gpu": 0.0833}),
 ], ids=["small-cpu-bound", "third", "whole-card", "8-gpus"])
 def test_the_share_follows_the_forecast_and_the_node(peak_gb, nodes, expected):
-    placements, warnings = pack([[trial("a")]], by_peak(peak_gb), nodes, requested=None)
-    assert [p.resources for p in placements] == [expected] and warnings == []
+    many = [[trial(f"t{i}", seed=i)] for i in range(200)]       # enough that spreading does not bind
+    placements, warnings = pack(many, by_peak(peak_gb), nodes, requested=None)
+    assert {str(p.resources) for p in placements} == {str(expected)} and warnings == []
     assert placements[0].need == int(peak_gb * GB * HEADROOM) + CUDA_RESERVE
+
+
+@pytest.mark.parametrize("groups,gpus,share", [(1, 1, 1), (3, 8, 1), (8, 8, 1), (9, 8, 0.5),
+                                                (54, 8, 0.1428), (300, 8, 0.0625)])
+def test_groups_spread_over_the_gpus_before_two_share_one(groups, gpus, share):
+    """Ray puts fractional requests on the first GPU they fit (tests/test_placement.py
+    shows it): a share is never below 1/ceil(groups/GPUs), memory and CPUs allowing."""
+    nodes = [Node(cpus=16 * gpus, gpus=gpus, gpu_memory=80 * GB)]
+    placements, _ = pack([[trial(f"t{i}", seed=i)] for i in range(groups)], by_peak(0.1), nodes, None)
+    assert {p.resources["gpu"] for p in placements} == {share}
+
+
+@pytest.mark.parametrize("nodes,requested,max_concurrent,count,why", [
+    ([Node(cpus=1)], None, 0, 1, "1 CPU core(s), 1 per group"),
+    ([Node(cpus=2)], None, 0, 2, "2 CPU core(s), 1 per group"),
+    ([Node(cpus=8)], None, 0, 8, "8 CPU core(s), 1 per group"),
+    ([Node(cpus=8)], {"cpu": 2}, 0, 4, "8 CPU core(s), 2 per group"),
+    ([Node(cpus=16, gpus=1, gpu_memory=80 * GB)], None, 0, 1, "1 GPU(s), a group on each"),
+    ([Node(cpus=16, gpus=2, gpu_memory=80 * GB)] * 2, None, 0, 4, "4 GPU(s), a group on each"),
+    ([Node(cpus=16, gpus=4, gpu_memory=80 * GB)], {"gpu": 0.5, "cpu": 1}, 0, 8, "resources.gpu=0.5"),
+    ([Node(cpus=8)], None, 3, 3, "max_concurrent: 3"),
+], ids=["1-core", "2-cores", "8-cores", "8-cores-2-each", "1-gpu", "4-gpus", "4-gpus-halves",
+        "max-concurrent"])
+def test_the_devices_that_run_a_group_at_once(nodes, requested, max_concurrent, count, why):
+    d = devices(nodes, requested, max_concurrent)
+    assert d.count == count and why in d.why
+
+
+def placement_sweep() -> list[Trial]:
+    """The benchmark's sweep (BENCHMARKS.md, placement): 8 trials, W=16, regularizer on and
+    off, 4 seeds: one class of trials that may share a group."""
+    return [trial(f"{'reg' if reg else 'noreg'}-s{seed}", width=16, batch_size=5, regularizer=reg, seed=seed)
+            for reg in (False, True) for seed in range(4)]
+
+
+@pytest.mark.parametrize("nodes,sizes", [
+    ([Node(cpus=1)], [8]),
+    ([Node(cpus=2)], [4, 4]),
+    ([Node(cpus=8)], [1] * 8),
+    ([Node(cpus=16, gpus=1, gpu_memory=80 * GB)], [8]),
+    ([Node(cpus=64, gpus=4, gpu_memory=80 * GB)], [2, 2, 2, 2]),
+], ids=["1-core", "2-cores", "8-cores", "1-gpu", "4-gpus"])
+def test_the_group_count_follows_the_cluster_and_mixes_the_regularized(nodes, sizes):
+    groups = fuse_groups(placement_sweep(), fuse=8, at_once=devices(nodes, None).count)
+    assert [len(g) for g in groups] == sizes
+    if len(groups) > 1 and len(groups[0]) > 1:   # as many regularized members as not, in each group
+        assert {sum(t.config["regularizer"] for t in g) for g in groups} == {len(groups[0]) // 2}
+    placements, _ = pack(groups, by_peak(0.1), nodes, None)
+    if nodes[0].gpus:                       # one group per GPU: a whole card each
+        assert {p.resources["gpu"] for p in placements} == {1}
+    else:                                   # the cores in equal parts
+        assert {p.resources["cpu"] for p in placements} == {max(1, int(nodes[0].cpus) // len(groups))}
+
+
+def test_one_group_on_a_cpu_only_machine_gets_all_its_cores():
+    placements, _ = pack([placement_sweep()], by_peak(0.1), [Node(cpus=2)], None)
+    assert placements[0].resources == {"cpu": 2}
+
+
+@pytest.mark.parametrize("resources,size,how,after", [
+    ({"cpu": 1, "gpu": 0.0333}, 4, "share 0.0333 -> 0.0666 GPU", [(4, {"cpu": 1, "gpu": 0.0666})]),
+    ({"cpu": 5, "gpu": 0.3333}, 4, "share 0.3333 -> 1 GPU", [(4, {"cpu": 5, "gpu": 1})]),
+    ({"cpu": 16, "gpu": 1}, 5, "split in halves of 2 and 3", [(2, {"cpu": 16, "gpu": 1}), (3, {"cpu": 16, "gpu": 1})]),
+    ({"cpu": 1}, 4, "split in halves of 2 and 2", [(2, {"cpu": 1}), (2, {"cpu": 1})]),
+], ids=["small-share-doubles", "third-to-whole", "whole-gpu-splits", "cpu-splits"])
+def test_an_oom_repacks_never_at_the_same_packing(resources, size, how, after):
+    members = list(range(size))
+    said, parts = repacked(resources, members)
+    assert said == how and [(len(m), r) for m, r in parts] == after
+    assert sorted(x for m, _ in parts for x in m) == members
+
+
+def test_one_trial_on_a_whole_gpu_has_nothing_left_to_repack_and_the_cap_follows_the_share():
+    assert repacked({"cpu": 16, "gpu": 1}, ["only"]) is None
+    assert allocator_cap({"cpu": 1, "gpu": 0.25}, 80 * GB) == 20 * GB - CUDA_RESERVE
+    assert allocator_cap({"cpu": 1}, 80 * GB) is None and allocator_cap({"gpu": 0.5}, 0) is None
 
 
 def test_a_trial_larger_than_the_largest_gpu_is_refused_before_launch():
@@ -53,10 +131,12 @@ def test_a_fused_group_too_large_for_one_gpu_is_split_until_it_fits():
     assert [p.resources for p in placements] == [{"cpu": 16, "gpu": 1}] * 2
 
 
-def test_without_gpus_a_group_gets_one_cpu_and_a_gpu_request_falls_back():
+def test_without_gpus_groups_share_the_cores_and_a_gpu_request_falls_back():
     cpus = [Node(cpus=8), Node(cpus=32)]
     placements, warnings = pack([[trial("a")]], by_peak(1.0), cpus, None)
-    assert placements[0].resources == {"cpu": 1} and not warnings
+    assert placements[0].resources == {"cpu": 32} and not warnings    # one group: the largest node
+    placements, _ = pack([[trial(f"t{i}", seed=i)] for i in range(10)], by_peak(1.0), cpus, None)
+    assert {p.resources["cpu"] for p in placements} == {4}            # 40 cores / 10 groups
     placements, warnings = pack([[trial("a")]], by_peak(1.0), cpus, {"gpu": 0.5, "cpu": 64})
     assert placements[0].resources == {"cpu": 32}                     # the largest NODE, not the sum
     assert "none: running on CPU" in warnings[0] and "largest node has 32" in warnings[1]
@@ -74,7 +154,7 @@ def test_real_forecasts_pack_a_paper_group_onto_an_80gb_gpu():
              for i in range(6)]
     (formed,) = fuse_groups(group, fuse=8)
     from orchestrator.run.plan import group_forecast
-    placements, _ = pack([formed], group_forecast, ONE_80GB, None)
+    placements, _ = pack([formed] * 16, group_forecast, ONE_80GB, None)   # 16 such groups
     f = group_forecast(formed)
     assert 0.5 * GB < f.peak < 2 * GB                                  # ~0.9 GB measured here
     assert placements[0].resources == {"cpu": 1, "gpu": 0.0625}        # CPU-bound: 16 per card
@@ -88,5 +168,10 @@ def test_groups_form_from_trials_that_may_share_one_and_balance_their_sizes():
     groups = fuse_groups(trials, fuse=8)
     assert [len(g) for g in groups] == [6, 6, 6, 1, 1]            # 18 in 3 even groups, not 8+8+2
     assert [g[0].name for g in groups[3:]] == ["b9", "timeline"]  # other batch size; a timeline alone
-    assert [t.name for g in groups[:3] for t in g] == [t.name for t in trials[:18]]   # sweep order
+    for g in groups[:3]:                                           # each width in every group
+        assert sorted(t.config["width"] for t in g) == [16, 16, 16, 32, 32, 32]
+        assert [t.name for t in g] == sorted((t.name for t in g), key=[t.name for t in trials].index)
+    assert sorted(t.name for g in groups[:3] for t in g) == sorted(t.name for t in trials[:18])
     assert [len(g) for g in fuse_groups(trials, fuse=1)] == [1] * 20
+    # 8 devices: the 18 split further (the class with most work per group), never the lone ones
+    assert sorted(len(g) for g in fuse_groups(trials, fuse=8, at_once=8)) == [1, 1, 3, 3, 3, 3, 3, 3]

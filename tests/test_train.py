@@ -19,7 +19,7 @@ from paper_regularizer import objective
 
 EPOCH_KEYS = {"train_loss", "epoch_seconds", "train_accuracy", "test_accuracy",
               "generalization_gap"}
-GPU_KEYS = {"peak_memory_mb", "dynamic_peak_memory_mb", "gpu_total_memory_mb"}
+GPU_KEYS = {"peak_memory_mb", "dynamic_peak_memory_mb", "group_peak_memory_mb", "gpu_total_memory_mb"}
 
 
 def tiny(**overrides) -> Config:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -200,6 +201,12 @@ def cost_key(configs: list[dict]) -> tuple[str, ...]:
     """What sets a group's cost: its members' configs less NO_COST, in any order."""
     return tuple(sorted(json.dumps({k: v for k, v in c.items() if k not in NO_COST}, sort_keys=True)
                         for c in configs))
+
+
+def shape_id(configs: list[dict]) -> str:
+    """12 hex digits naming a group's shape (its cost_key): groups with the same id have
+    the same forecast, so a peak measured for one holds for the other."""
+    return hashlib.sha256(json.dumps(cost_key(configs)).encode()).hexdigest()[:12]
 
 
 def cost_configs(configs: list[dict]):

@@ -62,6 +62,17 @@ def cuda_peak_metrics(device: torch.device, resident_bytes: int) -> dict:
     return {"peak_memory_mb": peak / MB, "dynamic_peak_memory_mb": (peak - resident_bytes) / MB}
 
 
+def cap_allocator(device: torch.device, cap_bytes: int | None) -> None:
+    """Let this process's CUDA caching allocator hold at most `cap_bytes` of the device
+    (None: all of it), so a process that outgrows its share fails alone with an
+    OutOfMemoryError instead of pushing a neighbour on the same GPU out of memory."""
+    if device.type != "cuda":
+        return
+    total = torch.cuda.get_device_properties(device).total_memory
+    torch.cuda.set_per_process_memory_fraction(1.0 if cap_bytes is None else min(1.0, cap_bytes / total),
+                                               device)
+
+
 class MemoryTimeline:
     """Figure 3: allocated memory sampled as each layer finishes its forward and backward.
 

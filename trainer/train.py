@@ -18,12 +18,12 @@ from typing import Callable, Iterator
 
 import torch
 
-from . import checkpoint
+from . import checkpoint, faults
 from .config import PER_MEMBER, Config
 from .data import Data, EpochPlan, epoch_seed, group_batch, load_data, resident_bytes, steps_per_epoch
 from .errors import ConfigError, NonFiniteLoss, TrialError
 from .group import Group
-from .memory import MemoryTimeline, cuda_peak_metrics, forward_peak_mb, model_bytes
+from .memory import MemoryTimeline, cap_allocator, cuda_peak_metrics, forward_peak_mb, model_bytes
 from .model import build_model
 
 CHECK_EVERY = 100     # steps between loss checks: one host sync per 100 steps on CUDA
@@ -103,16 +103,21 @@ def train(cfg: Config, checkpoint_dir: str | os.PathLike | None = None,
 
 
 def train_group(cfgs: list[Config], checkpoint_dirs: list | None = None,
-                progress: Callable[[int, int, int], None] | None = None) -> Iterator[list]:
+                progress: Callable[[int, int, int], None] | None = None,
+                memory_cap: int | None = None) -> Iterator[list]:
     """Train (or resume) the trials together. Per epoch of the group, yield a list with a
     Measurement for every member that trained it (and its final Measurement after its last
     epoch) and a MemberFailed for every member that left. Members may resume from different
     epochs; each trains until its own last. A resumed member first re-yields the epochs its
     checkpoint holds (Measurement.replayed), so a caller can log any it missed.
     `progress(epoch, step, steps)` is called about 100 times an epoch (epoch: the lowest
-    of the members')."""
+    of the members'). `memory_cap`: bytes the process's CUDA allocator may hold (its share
+    of the GPU); beyond it a step raises torch.cuda.OutOfMemoryError, as a real OOM does.
+    """
     cfg = check_fusable(cfgs)
     device = resolve_device(cfg.device)
+    cap_allocator(device, memory_cap)
+    oom_at = faults.injected_oom(cfgs)              # a test hook, None unless asked for
     # More OpenMP threads than free cores makes a CPU step 10-100x slower: match them.
     torch.set_num_threads(cfg.threads or available_cpus())
     # cuDNN picks its fastest conv algorithms per shape; they may differ between reruns.
@@ -135,7 +140,7 @@ def train_group(cfgs: list[Config], checkpoint_dirs: list | None = None,
     if events:
         yield events
     while group is not None:
-        group, events = _epoch(group, data, steps, device, progress)
+        group, events = _epoch(group, data, steps, device, progress, oom_at)
         if group is not None:
             events += [_final(group, i, data) for i in _done(group)]
             group = group.without(_done(group))
@@ -168,7 +173,8 @@ def _done(group: Group) -> list[int]:
     return [i for i, m in enumerate(group.members) if m.epoch >= m.cfg.epochs]
 
 
-def _epoch(group: Group, data: Data, steps: int, device, progress) -> tuple[Group | None, list]:
+def _epoch(group: Group, data: Data, steps: int, device, progress,
+           oom_at: tuple[int, int] | None = None) -> tuple[Group | None, list]:
     """Every member trains its next epoch: measure, evaluate, checkpoint."""
     cfg = group.members[0].cfg
     t0 = time.perf_counter()
@@ -181,7 +187,9 @@ def _epoch(group: Group, data: Data, steps: int, device, progress) -> tuple[Grou
         m.generator.manual_seed(epoch_seed(m.cfg.seed, m.epoch + 1))
     plan = EpochPlan.draw([m.generator for m in group.members], len(data.train_y), steps,
                           cfg.batch_size, cfg.augment)
-    group, losses, events = train_one_epoch(group, data, plan, cfg, progress)
+    epoch = min(m.epoch for m in group.members) + 1
+    oom_step = oom_at[1] if oom_at is not None and oom_at[0] == epoch else None
+    group, losses, events = train_one_epoch(group, data, plan, cfg, progress, oom_step)
     if group is None:
         return None, events
     seconds = time.perf_counter() - t0
@@ -205,14 +213,17 @@ def _epoch(group: Group, data: Data, steps: int, device, progress) -> tuple[Grou
     return group, events
 
 
-def train_one_epoch(group: Group, data: Data, plan: EpochPlan, cfg: Config,
-                    progress=None) -> tuple[Group | None, list[float], list[MemberFailed]]:
+def train_one_epoch(group: Group, data: Data, plan: EpochPlan, cfg: Config, progress=None,
+                    oom_step: int | None = None) -> tuple[Group | None, list[float], list[MemberFailed]]:
     """One epoch of every member: (the group without the members whose loss turned
-    non-finite, the summed loss of each remaining member, a MemberFailed per leaver)."""
+    non-finite, the summed loss of each remaining member, a MemberFailed per leaver).
+    `oom_step`: the 1-based step that raises an injected OOM (trainer/faults.py)."""
     steps = plan.order.shape[1] // cfg.batch_size
     loss_sum = torch.zeros(group.n, dtype=torch.float64, device=plan.order.device)
     pending, failed = [], []
     for step in range(steps):
+        if step + 1 == oom_step:
+            faults.raise_oom(min(m.epoch for m in group.members) + 1, step + 1)
         x, y = group_batch(data, plan, step, cfg.batch_size, group.dtype, cfg.image_size)
         pending.append(group.step(x, y))                  # (N,) losses; no host sync
         if group.timeline is not None:
@@ -251,13 +262,15 @@ def _non_finite(window: torch.Tensor, group: Group, last_step: int) -> list[tupl
 
 
 def _memory_metrics(group: Group, data: Data, device) -> dict:
-    """CUDA peak memory of the epoch. A fused group's peak is the whole group's: it is
-    logged as group_peak_memory_mb, never as one trial's peak."""
+    """CUDA peak memory of the epoch. Every group logs its peak as group_peak_memory_mb
+    (what its process needed: the orchestrator checks it against the forecast); a fused
+    group's is never logged as one trial's peak."""
     if device.type != "cuda":
         return {}
     m = group.members[0]
     peak = cuda_peak_metrics(device, sum(m.bytes) + resident_bytes(data))
-    return peak if group.n == 1 else {"group_peak_memory_mb": peak["peak_memory_mb"]}
+    whole = {"group_peak_memory_mb": peak["peak_memory_mb"]}
+    return {**peak, **whole} if group.n == 1 else whole
 
 
 def evaluate(group: Group, data: Data) -> dict[int, dict]:

@@ -9,6 +9,7 @@ and the sweep files' GPU-hours) use it.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from .sweep import Trial
@@ -19,6 +20,7 @@ class GroupCost:
     group: list[Trial]
     time: object          # trainer.calibration.GroupTime
     memory: object        # trainer.forecast.Forecast
+    measured: int = 0     # bytes: the peak a group of this shape reached on a GPU before (0: none)
 
 
 def epochs_done(group: list[Trial], states: dict) -> int:
@@ -27,21 +29,23 @@ def epochs_done(group: list[Trial], states: dict) -> int:
 
 
 def group_costs(groups: list[list[Trial]], states: dict, kind: str = "cuda",
-                threads: int = 1) -> list[GroupCost]:
+                threads: int = 1, measured: dict | None = None) -> list[GroupCost]:
     """Each group's remaining time alone on one device of `kind` (cuda, or cpu with
-    `threads`), and its step's memory forecast (one cached fake run gives both)."""
+    `threads`), its step's memory forecast (one cached fake run gives both) and the peak
+    measured before for its shape (`measured`: tracking.measured_peaks)."""
     from trainer.calibration import group_time, rates
     from trainer.config import Config
     from trainer.cost import cost_configs
 
-    from .plan import group_forecast
+    from .plan import group_forecast, group_shape
 
     out = []
     for group in groups:
         _, cost = cost_configs([t.config for t in group])
         cfgs = [Config.from_dict(t.config) for t in group]
         out.append(GroupCost(group, group_time(cfgs, cost, rates(kind), epochs_done(group, states),
-                                               threads), group_forecast(group)))
+                                               threads), group_forecast(group),
+                             (measured or {}).get(group_shape(group), 0)))
     return out
 
 
@@ -54,12 +58,14 @@ def forecast_lines(rows: list[GroupCost], gpus: int, memory: bool = True) -> lis
     hours (and memory), then the total, the wall time on `gpus` GPUs, and the constants."""
     from trainer.calibration import makespan, rates
 
+    from trainer.memory import MB
+
     from .packing import needed_bytes
 
     head = (f"{'group':>6} {'trials':>6} {'steps':>9} {'ops/step':>9} {'GFLOP/step':>11} "
             f"{'GPU h':>7}")
     if memory:
-        head += (f" {'model':>7} {'peak':>7} {'dynamic':>8} {'forward':>8} "
+        head += (f" {'model':>7} {'peak':>7} {'measured':>8} {'dynamic':>8} {'forward':>8} "
                  f"{'a GPU share needs':>18}")
     lines = [head + "  first trial"]
     for i, r in enumerate(rows, 1):
@@ -67,8 +73,10 @@ def forecast_lines(rows: list[GroupCost], gpus: int, memory: bool = True) -> lis
         line = (f"{'g' + str(i):>6} {len(r.group):>6} {t.steps:>9,} {t.ops_per_step:>9,} "
                 f"{t.gflop_per_step:>11,.1f} {t.hours:>7,.1f}")
         if memory:
-            line += (f" {f.model_mb:>7,.0f} {f.peak_mb:>7,.0f} {f.dynamic_peak_mb:>8,.0f} "
-                     f"{f.forward_peak_mb:>8,.0f} {needed_bytes(f) / 1e9:>15.1f} GB")
+            measured = f"{r.measured / MB:,.0f}" if r.measured else "-"
+            sizing = dataclasses.replace(f, peak=max(f.peak, r.measured))
+            line += (f" {f.model_mb:>7,.0f} {f.peak_mb:>7,.0f} {measured:>8} {f.dynamic_peak_mb:>8,.0f} "
+                     f"{f.forward_peak_mb:>8,.0f} {needed_bytes(sizing) / 1e9:>15.1f} GB")
         lines.append(line + f"  {r.group[0].name}")
     hours = [r.time.hours for r in rows]
     total = sum(hours)

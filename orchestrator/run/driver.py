@@ -7,9 +7,16 @@ could not run): every `run` builds a fresh Tuner over the trials MLflow does not
 FINISHED, and every trial resumes from its own checkpoint folder,
 `<storage>/<sweep>/<trial_key>/`, which survives the driver. Within one `run`, Tune's
 `max_failures` restarts a failed group, whose members resume from the same folders.
+
+A group that runs out of CUDA memory is not one of those failures: its process is capped
+at its share (packing.allocator_cap), so it fails alone; it ends its Tune trial with an
+`oom` result, and the JobQueue (the Tune searcher that hands out the jobs) queues it again
+re-packed (packing.repacked: a doubled share, or split in halves), at most MAX_REPACKS
+times, after which its trials are FAILED with the error line.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 import socket
@@ -21,9 +28,11 @@ from pathlib import Path
 
 import ray
 from ray import tune
+from ray.tune.search import Searcher
 
-from . import tracking
-from .packing import GB, Node, PackingError
+from . import packing, tracking
+from .packing import GB, MAX_REPACKS, Node, PackingError
+from .plan import group_name
 
 RAY_ENV = {"RAY_CHDIR_TO_TRIAL_DIR": "0",       # trials keep the driver's folder; paths are absolute anyway
            "RAY_USAGE_STATS_ENABLED": "0",
@@ -51,10 +60,27 @@ class Job:
     threads: int
     tags: dict
     resources: dict          # what it asks of the cluster, {"cpu": n, "gpu": share}
+    gpu_memory: int = 0      # bytes of the GPU its share is of (0: no GPU)
+    forecast_peak: int = 0   # bytes: the memory forecast of its step (trainer/forecast.py)
+    shape: str = ""          # trainer.cost.shape_id of its members' configs
+    repacks: list = dataclasses.field(default_factory=list)   # what each re-pack after an OOM changed
 
     @classmethod
     def from_dict(cls, d: dict) -> "Job":
         return cls(**{**d, "members": [Member(**m) for m in d["members"]]})
+
+    @property
+    def memory_cap(self) -> int | None:
+        return packing.allocator_cap(self.resources, self.gpu_memory)
+
+    def placement_tags(self) -> dict:
+        """What each member's run records of the placement it trains in."""
+        cap = self.memory_cap
+        return {"gpu_share": self.resources.get("gpu", 0), "cpus": self.resources.get("cpu", 1),
+                "memory_cap_mb": "none" if cap is None else round(cap / 2 ** 20),
+                "forecast_peak_mb": round(self.forecast_peak / 2 ** 20),
+                tracking.GROUP_SHAPE_TAG: self.shape,
+                "repacked": "; ".join(self.repacks) or "no"}
 
 
 def start_ray(address: str | None) -> dict:
@@ -108,11 +134,15 @@ def run_group(job: Job) -> None:
 
     A member that fails alone (a non-finite loss, an unusable checkpoint: trainer.errors)
     is marked FAILED and the others go on; such a failure, or one of the whole group's
-    inputs (a bad dataset or config), is not retried, since a retry would repeat it.
-    Anything else (a killed worker, an out-of-memory error) fails the group, and Tune
-    retries it (max_failures): each member resumes from its checkpoint. A member FINISHED
-    by an earlier attempt is not trained again. A stopped sweep (Ctrl-C) leaves KILLED runs.
+    inputs (a bad dataset or config), is not retried, since a retry would repeat it. A CUDA
+    out-of-memory error puts the unfinished members back to SCHEDULED and ends the trial
+    with an `oom` result, for the JobQueue to re-pack. Anything else (a killed worker) fails
+    the group, and Tune retries it (max_failures): each member resumes from its checkpoint.
+    A member FINISHED by an earlier attempt is not trained again. A stopped sweep (Ctrl-C)
+    leaves KILLED runs.
     """
+    import torch
+
     from trainer.config import Config
     from trainer.errors import TrialError
     from trainer.train import MemberFailed, train_group
@@ -124,8 +154,8 @@ def run_group(job: Job) -> None:
         if logger.status() == "FINISHED":
             continue
         others = [n for n in names if n != m.name]
-        logger.start({**job.tags, **where_am_i(), "fused_with": ",".join(others) or "none",
-                      "fused_group_size": len(job.members)})
+        logger.start({**job.tags, **where_am_i(), **job.placement_tags(),
+                      "fused_with": ",".join(others) or "none", "fused_group_size": len(job.members)})
         loggers[m.name] = logger
         members.append(m)
     if not members:
@@ -134,7 +164,7 @@ def run_group(job: Job) -> None:
     running = {m.name for m in members}
     started: set[str] = set()
     try:
-        for events in train_group(cfgs, [m.checkpoint_dir for m in members]):
+        for events in train_group(cfgs, [m.checkpoint_dir for m in members], memory_cap=job.memory_cap):
             for event in events:
                 m = members[event.member]
                 logger = loggers[m.name]
@@ -151,8 +181,8 @@ def run_group(job: Job) -> None:
                     logger.log_final(event.epoch, event.metrics)
                     logger.finish("FINISHED")
                     running.discard(m.name)
-                else:
-                    logger.log_epoch(event.epoch, event.metrics)   # MLflow first: a crash before
+                else:                                              # MLflow first: a crash before
+                    logger.log_epoch(event.epoch, {**event.metrics, **_against_forecast(event.metrics, job)})
             _report(events, len(running))                          # Tune hears only repeats it
     except TrialError as err:                 # the group's inputs: a retry would repeat it
         for name in running:
@@ -161,10 +191,40 @@ def run_group(job: Job) -> None:
         for name in running:
             loggers[name].finish("KILLED")
         raise
+    except torch.cuda.OutOfMemoryError as err:   # the JobQueue re-packs it: not a Tune retry
+        reached = 0
+        if torch.cuda.is_available():
+            reached = torch.cuda.max_memory_reserved()
+            torch.cuda.empty_cache()       # for the next job this worker process runs
+        for name in running:
+            loggers[name].requeue(_error_text(err))
+        tune.report({"oom": 1, "oom_reached_mb": reached / 2 ** 20, "oom_error": str(err).splitlines()[0][:300],
+                     "members_running": 0})
     except BaseException as err:
         for name in running:
             loggers[name].finish("FAILED", error=_error_text(err))
         raise
+
+
+def _against_forecast(metrics: dict, job: Job) -> dict:
+    """The group's measured peak beside its forecast (on a GPU: a CPU measures none)."""
+    measured = metrics.get(tracking.MEASURED_PEAK)
+    if measured is None or not job.forecast_peak:
+        return {}
+    forecast = job.forecast_peak / 2 ** 20
+    return {"forecast_peak_mb": forecast, "peak_over_forecast": measured / forecast}
+
+
+def oom_line(job: Job, reached_mb: float, outcome: str) -> str:
+    """The one line that says a group ran out of CUDA memory, and what happens next."""
+    cap = job.memory_cap
+    share = job.resources.get("gpu")
+    where = (f"share {share:g} GPU (allocator cap {cap / 2 ** 20:,.0f} MB)" if cap
+             else f"share {share:g} GPU" if share else "on CPU (an injected or host-side OOM)")
+    reached = f"{reached_mb:,.0f} MB" if reached_mb > 0 else "not measured (no CUDA)"
+    return (f"out of memory: group {job.name} ({len(job.members)} trial(s): "
+            f"{', '.join(m.name for m in job.members)}) at {where}, forecast peak "
+            f"{job.forecast_peak / 2 ** 20:,.0f} MB, reached {reached}; {outcome}")
 
 
 def _error_text(err: BaseException) -> str:
@@ -208,38 +268,99 @@ def tune_trial(params: dict) -> None:
     run_group(Job.from_dict(params["job"]))
 
 
+class JobQueue(Searcher):
+    """The Tune searcher that hands out the jobs, longest first as given, and takes back a
+    group that ran out of CUDA memory: re-packed (packing.repacked) at the front of the
+    queue, or, after MAX_REPACKS or with nothing left to change, its trials FAILED in MLflow
+    with the out-of-memory line. `outcome[trial_id]` is ("re-packed" or "failed", that
+    line), for Progress to print."""
+
+    def __init__(self, jobs: list[Job], uri: str):
+        super().__init__()
+        self.uri = uri
+        self.pending = collections.deque(dataclasses.asdict(j) for j in jobs)
+        self.live: dict[str, dict] = {}
+        self.total = len(jobs)
+        self.outcome: dict[str, str] = {}
+
+    def save(self, checkpoint_path: str) -> None:
+        """Nothing to save: a new `run` builds its queue from MLflow (Tuner.restore is not used)."""
+
+    def restore(self, checkpoint_path: str) -> None:
+        """See save."""
+
+    def suggest(self, trial_id: str):
+        if self.pending:
+            self.live[trial_id] = self.pending.popleft()
+            return {"job": self.live[trial_id]}
+        return None if self.live else Searcher.FINISHED
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        job = self.live.pop(trial_id, None)
+        if job is None or error or not (result or {}).get("oom"):
+            return
+        job = Job.from_dict(job)
+        plan = packing.repacked(job.resources, job.members) if len(job.repacks) < MAX_REPACKS else None
+        reached = float(result.get("oom_reached_mb", 0))
+        if plan is None:
+            why = (f"{MAX_REPACKS} re-packs already" if len(job.repacks) >= MAX_REPACKS
+                   else "one trial on a whole GPU: nothing left to change")
+            line = oom_line(job, reached, f"FAILED ({why}): lower its batch_size or image_size, "
+                                          f"or run it on a larger GPU")
+            tracking.fail_runs(self.uri, [m.run_id for m in job.members], line)
+            self.outcome[trial_id] = ("failed", line)
+            return
+        how, parts = plan
+        jobs = [dataclasses.replace(job, name=group_name(members), members=members, resources=res,
+                                    repacks=[*job.repacks, f"{how} after an OOM in {job.name}"])
+                for members, res in parts]
+        self.pending.extendleft(dataclasses.asdict(j) for j in reversed(jobs))
+        self.total += len(jobs)
+        self.outcome[trial_id] = ("re-packed", oom_line(
+            job, reached, f"re-packed: {how} -> " + ", ".join(f"{j.name} {j.resources}" for j in jobs)))
+
+
 class Progress(tune.Callback):
     """One line per event: groups done/running/failed, and the reporting group's epoch and
-    its members' test accuracies. Tune's own table is switched off (verbose=0)."""
+    its members' test accuracies; an out-of-memory group's line and its re-pack (from the
+    JobQueue). Tune's own table is switched off (verbose=0)."""
 
-    def __init__(self, jobs: list[Job], out=sys.stderr):
-        self.total, self.out = len(jobs), out
-        self.epochs = {j.name: j.members[0].config["epochs"] for j in jobs}
-        self.done = self.failed = 0
+    def __init__(self, queue: JobQueue, out=sys.stderr):
+        self.queue, self.out = queue, out
+        self.done = self.failed = self.repacked = 0
         self.running: dict[str, str] = {}
         self.t0 = time.time()
 
     def _line(self, text: str) -> None:
         elapsed = time.time() - self.t0
-        print(f"[{elapsed:6.0f}s] {self.done}/{self.total} done, {len(self.running)} running, "
-              f"{self.failed} failed | {text}", file=self.out, flush=True)
+        print(f"[{elapsed:6.0f}s] {self.done}/{self.queue.total - self.repacked} done, "
+              f"{len(self.running)} running, {self.failed} failed | {text}", file=self.out, flush=True)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         job = trial.config["job"]
         self.running[trial.trial_id] = job["name"]
         size = len(job["members"])
-        self._line(f"{job['name']} started" + (f" ({size} trials fused)" if size > 1 else ""))
+        self._line(f"{job['name']} started" + (f" ({size} trials fused)" if size > 1 else "")
+                   + (f", re-packed: {job['repacks'][-1]}" if job["repacks"] else ""))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        name = trial.config["job"]["name"]
+        if result.get("oom"):
+            return
+        job = trial.config["job"]
         lo, hi = result.get("test_accuracy_min"), result.get("test_accuracy_max")
         shown = "" if lo is None else f", test {lo:.1f}%" if lo == hi else f", test {lo:.1f}-{hi:.1f}%"
-        self._line(f"{name} epoch {result.get('epoch')}/{self.epochs[name]}{shown}")
+        self._line(f"{job['name']} epoch {result.get('epoch')}/{job['members'][0]['config']['epochs']}{shown}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.running.pop(trial.trial_id, None)
-        self.done += 1
-        self._line(f"{trial.config['job']['name']} finished")
+        kind, line = self.queue.outcome.pop(trial.trial_id, (None, None))
+        if kind is None:
+            self.done += 1
+            self._line(f"{trial.config['job']['name']} finished")
+            return
+        self.repacked += kind == "re-packed"
+        self.failed += kind == "failed"
+        self._line(line)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.running.pop(trial.trial_id, None)
@@ -254,25 +375,34 @@ def _resources(config: dict) -> tune.PlacementGroupFactory:
     return tune.PlacementGroupFactory([{"CPU": res.get("cpu", 1), "GPU": res.get("gpu", 0)}])
 
 
+def _dirname(trial) -> str:
+    job = trial.config["job"]
+    return job["name"] + (f"-repack{len(job['repacks'])}" if job["repacks"] else "")
+
+
 def run_jobs(jobs: list[Job], sweep_name: str, storage: str, max_failures: int,
              max_concurrent: int) -> None:
-    """Run the jobs (one Tune trial each, with its own resources) on Ray Tune. Each member's
-    outcome is in its MLflow run; the caller reads it from there."""
+    """Run the jobs (one Tune trial each, with its own resources) on Ray Tune, handed out by
+    a JobQueue. Each member's outcome is in its MLflow run; the caller reads it from there."""
     if not jobs:
         return
+    # Tune asks a custom searcher for one pending trial at a time; let every job wait for
+    # its resources at once, as a grid would, so no device idles while jobs start.
+    os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(min(len(jobs), 200)))
+    queue = JobQueue(jobs, jobs[0].tracking_uri)
     trainable = tune.with_resources(tune_trial, _resources)
     tuner = tune.Tuner(
         trainable,
-        param_space={"job": tune.grid_search([dataclasses.asdict(j) for j in jobs])},
-        tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent or None,
+        tune_config=tune.TuneConfig(search_alg=queue, num_samples=-1,
+                                    max_concurrent_trials=max_concurrent or None,
                                     reuse_actors=True,   # no new worker process (imports: ~10 s) per trial
                                     trial_name_creator=lambda t: t.config["job"]["name"],
-                                    trial_dirname_creator=lambda t: t.config["job"]["name"]),
+                                    trial_dirname_creator=_dirname),
         run_config=tune.RunConfig(
             name=f"{sweep_name}-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=str(Path(storage) / "tune"),
             failure_config=tune.FailureConfig(max_failures=max_failures),
-            callbacks=[Progress(jobs)],
+            callbacks=[Progress(queue)],
             verbose=0),
     )
     tuner.fit()

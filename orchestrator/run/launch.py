@@ -1,7 +1,7 @@
 """`run`, step by step: plan, check everything that can fail before Ray starts, take the
 sweep's lease, launch the fused groups on Tune, then say how each trial ended.
 
-    plan = make_plan(sweep, uri)                   # pure reads: MLflow states, groups
+    plan = make_plan(sweep, uri, local_nodes())    # pure reads: MLflow states, groups
     preflight(plan, storage)                       # storage writable, datasets readable
     code = launch(plan, storage, options)          # Ray, runs, Tune; 130 when interrupted
 
@@ -20,13 +20,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainer.config import Config
 from trainer.errors import TrialError
 
-from . import costs, driver, provenance, tracking
+from . import costs, driver, packing, provenance, tracking
 from .lease import Lease, alive
-from .packing import pack
-from .plan import fuse_groups, group_forecast, group_name
+from .packing import Devices, devices, pack
+from .plan import fuse_groups, group_forecast, group_name, group_shape, sizing_forecast
 from .sweep import Sweep, SweepError, Trial, expand
 
 # A sweep forecast (orchestrator/run/costs.py) to take longer than this on a CPU-only
@@ -43,6 +42,8 @@ class RunPlan:
     trials: list[Trial]
     states: dict                     # trial_key -> tracking.RunState
     groups: list[list[Trial]]        # fused groups of the trials to run (new or resuming)
+    at_once: Devices                 # how many groups run at once, and why (packing.devices)
+    measured: dict                   # group shape -> peak bytes measured before (tracking)
 
     @property
     def todo(self) -> list[Trial]:
@@ -57,16 +58,24 @@ class Options:
     command: str = ""                # how the user ran it: printed to resume
 
 
-def make_plan(sweep: Sweep, uri: str) -> RunPlan:
+def make_plan(sweep: Sweep, uri: str, nodes: list) -> RunPlan:
+    """What `run` would do on a cluster of `nodes` (packing.Node): the trials MLflow does
+    not hold as FINISHED, in groups formed for the devices the cluster runs at once."""
     states = tracking.runs_by_key(uri, sweep.name)
     trials = expand(sweep)
     todo = [t for t in trials if t.key not in states or states[t.key].status != "FINISHED"]
-    return RunPlan(sweep, uri, trials, states, fuse_groups(todo, sweep.fuse))
+    at_once = devices(nodes, sweep.resources, sweep.max_concurrent)
+    return RunPlan(sweep, uri, trials, states, fuse_groups(todo, sweep.fuse, at_once.count), at_once,
+                   tracking.measured_peaks(uri) if todo else {})
 
 
-def steps_per_trial(config: dict) -> int:
-    cfg = Config.from_dict(config)
-    return cfg.epochs * (cfg.train_size // cfg.batch_size)
+def local_nodes(gpus: int | None = None) -> list:
+    """This machine as a cluster (what `plan` and `--dry-run` assume; they start no Ray):
+    its cores, and `gpus` GPUs (default: those torch sees here)."""
+    from trainer.train import available_cpus
+
+    from .costs import local_gpus
+    return [packing.Node(cpus=available_cpus(), gpus=local_gpus() if gpus is None else gpus)]
 
 
 def preflight(plan: RunPlan, storage: Path) -> None:
@@ -107,29 +116,31 @@ def launch(plan: RunPlan, storage: Path, options: Options) -> int:
             raise SweepError(f"another `run` of sweep {sweep.name} is active with another storage "
                              f"folder (pid {holder.get('pid')} on {holder.get('host')}, heartbeat "
                              f"{age:.0f} s ago in {uri}); wait for it, or stop it")
-        plan = make_plan(sweep, uri)     # again, now that no other driver can change it
-        if not plan.todo:
+        cluster = driver.start_ray(options.address)
+        nodes = driver.cluster_nodes(options.gpu_memory)
+        plan = make_plan(sweep, uri, nodes)   # again, now that no other driver can change it,
+        if not plan.todo:                     # for the cluster Ray sees
             print("nothing to run: every trial is FINISHED in MLflow (another run finished them).")
             return 0
-        return _launch(plan, storage, options, lease)
+        return _launch(plan, storage, options, lease, cluster, nodes)
     finally:
         lease.release()
 
 
-def _launch(plan: RunPlan, storage: Path, options: Options, lease: Lease) -> int:
+def _launch(plan: RunPlan, storage: Path, options: Options, lease: Lease, cluster: dict,
+            nodes: list) -> int:
     sweep, uri = plan.sweep, plan.uri
-    cluster = driver.start_ray(options.address)
-    placements, warnings = pack(plan.groups, group_forecast, driver.cluster_nodes(options.gpu_memory),
-                                sweep.resources)
+    placements, warnings = pack(plan.groups, sizing_forecast(plan.measured), nodes, sweep.resources)
     asks = sorted({json.dumps(p.resources, sort_keys=True) for p in placements})
     print(f"on: Ray cluster with {cluster.get('CPU', 0):g} CPUs, {cluster.get('GPU', 0):g} GPUs; "
-          f"{len(placements)} group(s), each asking for {' or '.join(asks)}")
+          f"{len(placements)} group(s), each asking for {' or '.join(asks)}; "
+          f"{min(plan.at_once.count, len(placements))} at once ({plan.at_once.why})")
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     first = placements[0].resources
     groups = [p.group for p in placements]              # as packed: a group may be split
     if first.get("gpu"):
-        for line in costs.forecast_lines(costs.group_costs(groups, plan.states),
+        for line in costs.forecast_lines(costs.group_costs(groups, plan.states, measured=plan.measured),
                                          int(cluster.get("GPU", 0)), memory=False):
             print(line)
     else:
@@ -150,13 +161,14 @@ def _launch(plan: RunPlan, storage: Path, options: Options, lease: Lease) -> int
         print(f"new MLflow store: {tracking.local_store(uri)}")
     experiment_id = tracking.ensure_experiment(uri, sweep.name, sweep.description)
     lease.beat(lambda me: tracking.set_heartbeat(uri, experiment_id, me))
-    jobs = _jobs(plan, placements, storage, experiment_id)
+    gpu_memory = min((n.gpu_memory for n in nodes if n.gpus), default=0)
+    jobs = _jobs(plan, placements, storage, experiment_id, gpu_memory)
     with interrupt_guard() as interrupted:
         driver.run_jobs(jobs, sweep.name, str(storage), sweep.max_failures, sweep.max_concurrent)
     return _report(plan, experiment_id, interrupted, options)
 
 
-def _jobs(plan: RunPlan, placements, storage: Path, experiment_id: str) -> list:
+def _jobs(plan: RunPlan, placements, storage: Path, experiment_id: str, gpu_memory: int) -> list:
     """One driver.Job per placement; a new trial's MLflow run is created here."""
     sweep, uri = plan.sweep, plan.uri
     tags = provenance.provenance_tags()
@@ -172,7 +184,8 @@ def _jobs(plan: RunPlan, placements, storage: Path, experiment_id: str) -> list:
                       else tracking.create_run(uri, experiment_id, t, sweep, tags, config))
             members.append(driver.Member(t.key, t.name, config, run_id, str(storage / sweep.name / t.key)))
         jobs.append(driver.Job(group_name(placement.group), members, uri, threads, tags,
-                               placement.resources))
+                               placement.resources, gpu_memory, group_forecast(placement.group).peak,
+                               group_shape(placement.group)))
     return jobs
 
 

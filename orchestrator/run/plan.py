@@ -8,11 +8,17 @@ each member resumes from its own checkpoint whatever its group was before.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
-from trainer.config import PER_MEMBER
+from trainer.config import PER_MEMBER, Config
 
 from .sweep import Trial
+
+
+def steps_per_trial(config: dict) -> int:
+    cfg = Config.from_dict(config)
+    return cfg.epochs * (cfg.train_size // cfg.batch_size)
 
 
 def fusion_key(config: dict) -> tuple:
@@ -20,28 +26,57 @@ def fusion_key(config: dict) -> tuple:
     return tuple(sorted((k, repr(v)) for k, v in config.items() if k not in PER_MEMBER))
 
 
-def fuse_groups(trials: list[Trial], fuse: int) -> list[list[Trial]]:
-    """Trials in groups of at most `fuse`, in sweep order. Trials that can share a group are
-    split into as few groups as `fuse` allows, of near-equal sizes (18 with fuse 8: 6, 6, 6,
-    which finish together); a memory-timeline trial always runs alone (it measures one
-    trial's memory)."""
-    by_key: dict[tuple, list[Trial]] = {}
+def fuse_groups(trials: list[Trial], fuse: int, at_once: int = 1) -> list[list[Trial]]:
+    """Trials in groups of at most `fuse`, never fewer groups than `at_once` (the devices
+    that can run a group at the same time: GPUs, or CPU cores) while trials remain to fill
+    them, in sweep order of each group's first member.
+
+    Trials that can share a group are split into as few groups as these two bounds allow
+    (18 with fuse 8: 6, 6, 6); when a cluster holds more groups at once, the class with the
+    most work per group is split further. Members are dealt to a class's groups so that
+    every group gets the same mix of kinds (regularized or not, its pairs, its width), so
+    the groups carry equal work under any per-member cost and finish together. A
+    memory-timeline trial always runs alone (it measures one trial's memory)."""
+    classes: dict[tuple, list[Trial]] = {}
     alone = []
     for t in trials:
         if t.config["memory_timeline"] or fuse == 1:
             alone.append([t])
         else:
-            by_key.setdefault(fusion_key(t.config), []).append(t)
-    groups = []
-    for members in by_key.values():
-        k = math.ceil(len(members) / fuse)
-        sizes = [len(members) // k + (i < len(members) % k) for i in range(k)]
-        start = 0
-        for size in sizes:
-            groups.append(members[start:start + size])
-            start += size
+            classes.setdefault(fusion_key(t.config), []).append(t)
+    counts = {key: math.ceil(len(members) / fuse) for key, members in classes.items()}
+
+    def work_per_group(key) -> float:
+        return steps_per_trial(classes[key][0].config) * len(classes[key]) / counts[key]
+
+    while len(alone) + sum(counts.values()) < at_once:
+        splittable = [k for k in classes if counts[k] < len(classes[k])]
+        if not splittable:
+            break
+        counts[max(splittable, key=work_per_group)] += 1
+    groups = [g for key, members in classes.items() for g in _deal(members, counts[key])]
     order = {t.key: i for i, t in enumerate(trials)}
     return sorted(groups + alone, key=lambda g: order[g[0].key])
+
+
+def member_kind(t: Trial) -> tuple:
+    """What sets a member's share of a fused step's work: its regularizer terms, then its width."""
+    c = t.config
+    return (c["regularizer"], c["regularizer"] and c["reg_pairs"] == "adjacent", c["width"])
+
+
+def _deal(members: list[Trial], k: int) -> list[list[Trial]]:
+    """`members` in k groups of near-equal sizes, dealt in snake order (0..k-1, k-1..0, ...)
+    after sorting by kind, so each kind spreads evenly; each group keeps sweep order."""
+    if k == 1:
+        return [members]
+    order = {t.key: i for i, t in enumerate(members)}
+    ranked = sorted(members, key=member_kind, reverse=True)   # stable: sweep order within a kind
+    groups: list[list[Trial]] = [[] for _ in range(k)]
+    for i, t in enumerate(ranked):
+        lap, pos = divmod(i, k)
+        groups[pos if lap % 2 == 0 else k - 1 - pos].append(t)
+    return [sorted(g, key=lambda t: order[t.key]) for g in groups]
 
 
 def group_name(group: list[Trial]) -> str:
@@ -56,3 +91,19 @@ def group_forecast(group: list[Trial]):
     from trainer.cost import cost_configs   # torch: only when a forecast is asked for
 
     return cost_configs([t.config for t in group])[0]
+
+
+def group_shape(group: list[Trial]) -> str:
+    """The id of the group's shape (trainer.cost.shape_id), under which its measured peak is kept."""
+    from trainer.cost import shape_id
+
+    return shape_id([t.config for t in group])
+
+
+def sizing_forecast(measured: dict[str, int]):
+    """group -> the forecast a share is sized from: the larger of the forecast peak and the
+    peak measured before for a group of the same shape (tracking.measured_peaks)."""
+    def forecast(group: list[Trial]):
+        f = group_forecast(group)
+        return dataclasses.replace(f, peak=max(f.peak, measured.get(group_shape(group), 0)))
+    return forecast

@@ -228,6 +228,44 @@ def runs_by_key(uri: str, experiment_name: str) -> dict[str, RunState]:
             return out
 
 
+GROUP_SHAPE_TAG = "group_shape"        # trainer.cost.shape_id of the group a run trained in
+MEASURED_PEAK = "group_peak_memory_mb"  # the trainer's per-epoch CUDA peak of the whole group
+
+
+@_retry
+def measured_peaks(uri: str) -> dict[str, int]:
+    """group shape -> the highest peak (bytes) any run of the store measured in a group of
+    that shape, on a GPU (CPU runs measure none): `plan` and `run` size shares from the
+    larger of it and the forecast."""
+    if _not_created_yet(uri):
+        return {}
+    c, out = client(uri), {}
+    ids = [e.experiment_id for e in c.search_experiments(max_results=1000)]
+    token = None
+    while ids:
+        page = c.search_runs(ids, filter_string=f"metrics.{MEASURED_PEAK} > 0", max_results=1000,
+                             page_token=token)
+        for run in page:
+            shape = run.data.tags.get(GROUP_SHAPE_TAG)
+            if shape:
+                peak = int(run.data.metrics[MEASURED_PEAK] * 2 ** 20)
+                out[shape] = max(out.get(shape, 0), peak)
+        token = page.token
+        if not token:
+            break
+    return out
+
+
+@_retry
+def fail_runs(uri: str, run_ids: list[str], error: str) -> None:
+    """End runs as FAILED with `error` as their error tag (the driver's verdict on a group
+    it will not run again, e.g. out of memory after its last re-pack)."""
+    c = client(uri)
+    for run_id in run_ids:
+        c.set_tag(run_id, "error", error[-5000:])
+        c.set_terminated(run_id, status="FAILED")
+
+
 @_retry
 def create_run(uri: str, experiment_id: str, trial, sweep, tags: dict, config: dict) -> str:
     """One MLflow run per trial: params = the config it runs with (`config`: the trial's,
@@ -307,6 +345,13 @@ class TrialLogger:
     @_retry
     def log_json(self, name: str, obj: dict) -> None:
         self.c.log_text(self.run_id, json.dumps(obj), name)
+
+    @_retry
+    def requeue(self, error: str) -> None:
+        """Back to SCHEDULED with `error` tagged `oom`: the driver runs it again, re-packed
+        (a driver that dies meanwhile leaves it for the next `run`, like any unfinished run)."""
+        self.c.set_tag(self.run_id, "oom", error[-5000:])
+        self.c.update_run(self.run_id, status="SCHEDULED")
 
     @_retry
     def finish(self, status: str, error: str | None = None) -> None:
