@@ -165,7 +165,8 @@ def _pgid(pid: int) -> int | None:
 def test_a_corrupt_checkpoint_fails_once_naming_the_file(tmp_path, uri):
     """A trial whose only checkpoint is garbage fails at once (not 3 attempts per run),
     its error names the file and what to do; its sweep-mate trains on."""
-    sweep = write_sweep(tmp_path / "s.yaml", "corrupt", {"regularizer": [False, True]}, resources={"cpu": 1})
+    sweep = write_sweep(tmp_path / "s.yaml", "corrupt", {"regularizer": [False, True]}, resources={"cpu": 1},
+                        max_concurrent=1)       # one group of both
     bad = expand(load_sweep(sweep))[0]
     folder = tmp_path / "ray_results" / "corrupt" / bad.key
     folder.mkdir(parents=True)
@@ -252,3 +253,61 @@ def test_run_prints_the_link_that_opens_the_runs(tmp_path, uri):
     experiment = MlflowClient(uri).get_experiment_by_name("link")
     assert f"#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning" in out
     assert experiment.tags["mlflow.note.content"] == "test sweep"   # the sweep's description
+
+
+def oom_sweep(tmp_path: Path, name: str) -> Path:
+    """Two classes of 4 trials (momentum 0 and 0.5), a fused group each, both at once."""
+    return write_sweep(tmp_path / "s.yaml", name, {"momentum": [0.0, 0.5], "width": [16, 8],
+                                                   "regularizer": [False, True]},
+                       resources={"cpu": 1}, fuse=4)
+
+
+def test_an_out_of_memory_group_is_repacked_and_resumes_while_the_others_go_on(tmp_path, uri):
+    """A CUDA OOM (injected: trainer/faults.py) at epoch 2 in the momentum-0.5 group of 4: one
+    error line naming it, a re-pack (split in halves: no GPU share to double), each member
+    resumes from its epoch-1 checkpoint; the other group is untouched; every trial
+    FINISHED with epochs 1..2 exactly once."""
+    sweep = oom_sweep(tmp_path, "oom")
+    proc = cli(tmp_path, "run", str(sweep), "--tracking-uri", uri,
+               env={"TRAINER_INJECT_OOM": "epoch=2,step=3,members=3,momentum=0.5"})
+    out = finish(proc, timeout=600)
+    lines = [line for line in out.splitlines() if "out of memory: group" in line]
+    assert len(lines) == 1, out
+    b4 = [t for t in expand(load_sweep(sweep)) if t.config["momentum"] == 0.5]
+    assert all(t.name in lines[0] for t in b4) and "forecast peak" in lines[0]
+    assert "re-packed: split in halves of 2 and 2" in lines[0]
+    assert out.count("started (2 trials fused), re-packed: split in halves") == 2
+    by_name = {r.info.run_name: r for r in runs(uri, "oom")}
+    assert len(by_name) == 8 and {r.info.status for r in by_name.values()} == {"FINISHED"}
+    for name, r in by_name.items():
+        assert steps(uri, r.info.run_id) == [1, 2], name
+        tags = r.data.tags
+        if r.data.params["momentum"] == "0.5":
+            assert tags["repacked"].startswith("split in halves of 2 and 2 after an OOM in")
+            assert "injected by TRAINER_INJECT_OOM at epoch 2, step 3" in tags["oom"]
+            assert tags["fused_group_size"] == "2" and tags["resumed_from_epoch"] == "1"
+        else:
+            assert tags["repacked"] == "no" and "oom" not in tags
+            assert tags["fused_group_size"] == "4" and tags["resumed_from_epoch"] == "0"
+
+
+def test_a_group_that_runs_out_of_memory_at_every_packing_fails_with_the_line(tmp_path, uri):
+    """An OOM whatever the packing: 4 -> 2 + 2 -> 1 + 1 + 1 + 1, then nothing is left to
+    change: those trials are FAILED with the error line (not retried by max_failures), and
+    the other group FINISHED."""
+    sweep = oom_sweep(tmp_path, "oom-fail")
+    proc = cli(tmp_path, "run", str(sweep), "--tracking-uri", uri,
+               env={"TRAINER_INJECT_OOM": "epoch=1,step=2,momentum=0.5"})
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 1, out
+    ooms = [line for line in out.splitlines() if "out of memory: group" in line]
+    assert sum("re-packed: split in halves" in line for line in ooms) == 3   # 4 -> 2+2, each 2 -> 1+1
+    failed = [line for line in ooms if "FAILED (" in line]
+    assert len(failed) == 4 and all("FAILED (one trial alone: nothing left to change)" in f for f in failed), out
+    by_name = {r.info.run_name: r for r in runs(uri, "oom-fail")}
+    for name, r in by_name.items():
+        if r.data.params["momentum"] == "0.5":
+            assert r.info.status == "FAILED" and "out of memory: group" in r.data.tags["error"]
+            assert steps(uri, r.info.run_id) == []                      # it never finished an epoch
+        else:
+            assert r.info.status == "FINISHED" and steps(uri, r.info.run_id) == [1, 2]

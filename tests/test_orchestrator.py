@@ -26,12 +26,12 @@ def uri(tmp_path) -> str:
 @pytest.mark.parametrize("fuse,resources", [(1, {"cpu": 0.5}), (4, {"cpu": 1})],
                          ids=["4-processes-at-once", "one-fused-group"])
 def test_sweep_end_to_end_idempotent_and_grows(tmp_path, uri, fuse, resources):
-    """4 trials (4 processes writing one SQLite store at once, or one fused group) all
-    finish with their metrics; a second run launches nothing; a grown axis runs only the
-    new trials; tables are written."""
+    """4 trials (4 processes writing one SQLite store at once, or one fused group: one
+    group at a time) all finish with their metrics; a second run launches nothing; a grown
+    axis runs only the new trials; tables are written."""
     sweep = write_sweep(tmp_path / "s.yaml", "e2e", {"width": [16, 8], "regularizer": [False, True]},
                         base={"representation_analysis": True, "analysis_samples": 12},
-                        resources=resources, fuse=fuse,
+                        resources=resources, fuse=fuse, max_concurrent=0 if fuse == 1 else 1,
                         reproduces=["table1", "table2", "figure4", "figure5"])
     finish(cli(tmp_path, "run", str(sweep), "--tracking-uri", uri))
     first = runs(uri, "e2e")
@@ -65,7 +65,7 @@ def test_sweep_end_to_end_idempotent_and_grows(tmp_path, uri, fuse, resources):
 
     write_sweep(sweep, "e2e", {"width": [16, 8, 4], "regularizer": [False, True]},
                 base={"representation_analysis": True, "analysis_samples": 12},
-                resources={"cpu": 1}, fuse=fuse)
+                resources={"cpu": 1}, fuse=fuse, max_concurrent=0 if fuse == 1 else 1)
     out = finish(cli(tmp_path, "run", str(sweep), "--tracking-uri", uri))
     assert "2 new, 0 resuming, 4 finished (skipped)" in out
     after = runs(uri, "e2e")
@@ -77,7 +77,8 @@ def test_killed_driver_resumes_in_same_runs(tmp_path, uri):
     """Kill the driver mid-sweep (a fused group of 2); `run` again continues each trial in
     its own MLflow run from its checkpoint: no duplicate runs, no duplicate or missing steps."""
     sweep = write_sweep(tmp_path / "s.yaml", "crash", {"regularizer": [False, True]},
-                        base={"epochs": EPOCHS, "train_samples": 600}, resources={"cpu": 1})
+                        base={"epochs": EPOCHS, "train_samples": 600}, resources={"cpu": 1},
+                        max_concurrent=1)
     proc = cli(tmp_path, "run", str(sweep), "--tracking-uri", uri)
     wait_for(lambda: any(steps(uri, r.info.run_id) and r.info.status == "RUNNING"
                          for r in runs(uri, "crash")), 600, "a trial's first epoch", proc)
@@ -101,7 +102,8 @@ def test_killed_trial_worker_is_retried_from_checkpoint(tmp_path, uri):
     """SIGKILL the worker process of a fused group of 2: Tune retries the group
     (max_failures) and each member resumes from its last checkpoint in its own run."""
     sweep = write_sweep(tmp_path / "s.yaml", "retry", {"regularizer": [False, True]},
-                        base={"epochs": EPOCHS, "train_samples": 600}, resources={"cpu": 1})
+                        base={"epochs": EPOCHS, "train_samples": 600}, resources={"cpu": 1},
+                        max_concurrent=1)       # one group at a time: both trials in one
     proc = cli(tmp_path, "run", str(sweep), "--tracking-uri", uri)
 
     def running_with_epoch():

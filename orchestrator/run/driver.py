@@ -219,11 +219,11 @@ def oom_line(job: Job, reached_mb: float, outcome: str) -> str:
     """The one line that says a group ran out of CUDA memory, and what happens next."""
     cap = job.memory_cap
     share = job.resources.get("gpu")
-    where = (f"share {share:g} GPU (allocator cap {cap / 2 ** 20:,.0f} MB)" if cap
-             else f"share {share:g} GPU" if share else "on CPU (an injected or host-side OOM)")
+    where = (f"at share {share:g} GPU (allocator cap {cap / 2 ** 20:,.0f} MB)" if cap
+             else f"at share {share:g} GPU" if share else "on CPU (an injected or host-side OOM)")
     reached = f"{reached_mb:,.0f} MB" if reached_mb > 0 else "not measured (no CUDA)"
     return (f"out of memory: group {job.name} ({len(job.members)} trial(s): "
-            f"{', '.join(m.name for m in job.members)}) at {where}, forecast peak "
+            f"{', '.join(m.name for m in job.members)}) {where}, forecast peak "
             f"{job.forecast_peak / 2 ** 20:,.0f} MB, reached {reached}; {outcome}")
 
 
@@ -304,7 +304,8 @@ class JobQueue(Searcher):
         reached = float(result.get("oom_reached_mb", 0))
         if plan is None:
             why = (f"{MAX_REPACKS} re-packs already" if len(job.repacks) >= MAX_REPACKS
-                   else "one trial on a whole GPU: nothing left to change")
+                   else ("one trial on a whole GPU" if job.resources.get("gpu") else "one trial alone")
+                   + ": nothing left to change")
             line = oom_line(job, reached, f"FAILED ({why}): lower its batch_size or image_size, "
                                           f"or run it on a larger GPU")
             tracking.fail_runs(self.uri, [m.run_id for m in job.members], line)
