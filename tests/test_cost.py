@@ -222,3 +222,31 @@ def test_trainer_cost_command(capsys):
     assert out["members"] == 2 and out["ops_per_step"] == sum(out["ops"].values())
     assert (out["steps"], out["evaluations"]) == (3 * 40, 3) and out["gpu_hours"] > 0
     assert "cuda constants" in out["constants"]
+
+
+def test_plan_shows_a_peak_measured_before_beside_the_forecast_and_sizes_the_share_by_it(tmp_path):
+    """A run in the store (any experiment) that measured 5,000 MB for a group of g1's shape:
+    plan shows it beside the forecast, and g1's share is sized from it; g2 has none."""
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.run.plan import fuse_groups, group_shape
+    from orchestrator.run.sweep import expand, load_sweep
+
+    path = write_sweep(tmp_path / "s.yaml", "measured", {"width": [16, 8], "regularizer": [False, True]},
+                       fuse=2)
+    groups = fuse_groups(expand(load_sweep(path)), fuse=2, at_once=1)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    c = MlflowClient(uri)
+    run = c.create_run(c.create_experiment("an-earlier-sweep"), tags={"group_shape": group_shape(groups[0])})
+    c.log_metric(run.info.run_id, "group_peak_memory_mb", 5000.0, step=1)
+    proc = cli(tmp_path, "plan", str(path), "--gpus", "1", "--tracking-uri", uri)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    head = next(line for line in out.splitlines() if "ops/step" in line).split()
+    assert head[8:10] == ["peak", "measured"]       # group trials steps ops GFLOP "GPU h" model
+    rows = {r[0]: r for r in (line.split() for line in out.splitlines()) if r and re.match(r"^g\d+$", r[0])}
+    assert rows["g1"][8] == "5,000" and rows["g2"][8] == "-"
+    assert float(rows["g1"][7]) < 100                                       # the forecast: tiny
+    needs = 5000 * 2 ** 20 * 1.2 / 1e9 + 2 ** 30 / 1e9                     # x headroom + CUDA reserve
+    assert re.search(rf"^ +g1 .* {needs:.1f} GB", out, re.M)
+    assert "1 at once (1 GPU(s)" in out

@@ -143,3 +143,18 @@ def test_bad_sources_and_formats_fail_loudly(tmp_path):
     with pytest.raises(ResultsError, match=r"unknown table format\(s\) \['html'\]"):
         report.write_results(["x"], "sqlite:///unused.db", formats=("html",), out_dir=tmp_path)
     assert list(tmp_path.iterdir()) == [bad]
+
+
+def test_the_report_lists_gpu_memory_forecast_vs_measured_per_group_shape():
+    from fake_runs import fake_run, frame
+    from orchestrator.results.report import memory_check_markdown
+
+    def run(i, shape, name, forecast, peak):
+        row = fake_run(i, metrics={"forecast_peak_mb": forecast, "group_peak_memory_mb": peak})
+        return {**row, "tags.group_shape": shape, "tags.mlflow.runName": name, "tags.fused_group_size": "2"}
+    runs = frame(run(1, "aaa", "w32-b5-reg-s1", 1000.0, 1150.0), run(2, "aaa", "w32-b5-reg-s0", 1000.0, 1210.0),
+                 run(3, "bbb", "w8-b9-noreg-s0", 400.0, 300.0), fake_run(4))      # run 4: a CPU run
+    lines = memory_check_markdown(runs)
+    assert "| w32-b5-reg-s0 | 2 | 2 | 1,000 | 1,210 | 1.21 |" in lines      # the highest peak
+    assert "| w8-b9-noreg-s0 | 2 | 1 | 400 | 300 | 0.75 |" in lines
+    assert "runs on a CPU measure none" in memory_check_markdown(frame(fake_run(1)))[-1]

@@ -218,3 +218,29 @@ def test_a_short_run_on_real_cifar10_images_learns():
         history, final = run(cfg)
     assert history[-1][1]["train_loss"] < history[0][1]["train_loss"]
     assert final["test_accuracy"] > 17 and final["train_accuracy"] > 17
+
+
+def test_an_injected_oom_raises_at_its_step_of_the_matching_group_only(tmp_path, monkeypatch):
+    """TRAINER_INJECT_OOM (trainer/faults.py): a real torch.cuda.OutOfMemoryError at epoch 2,
+    step 3 of a group of >= 2 members with seed 1; epoch 1 is checkpointed before it; a
+    group that does not match trains on."""
+    from trainer.train import train_group
+
+    monkeypatch.setenv("TRAINER_INJECT_OOM", "epoch=2,step=3,members=2,seed=1")
+    steps = []
+    pair = [tiny(seed=0), tiny(seed=1)]
+    folders = [tmp_path / "a", tmp_path / "b"]
+    with pytest.raises(torch.cuda.OutOfMemoryError, match="injected by TRAINER_INJECT_OOM at epoch 2, step 3"):
+        for events in train_group(pair, folders, progress=lambda e, s, n: steps.append((e, s))):
+            assert [m.epoch for m in events] == [1, 1]
+    assert steps[-1] == (2, 2)                                  # steps 1-2 of epoch 2 ran, not 3
+    assert [saved_state(f)["epoch"] for f in folders] == [1, 1]
+    assert len(run(tiny(seed=1))[0]) == 2                        # alone: fewer than 2 members
+    assert len(list(train_group([tiny(seed=0), tiny(seed=2)]))) == 2   # no member with seed 1
+
+
+@pytest.mark.parametrize("spec", ["epoch=two", "colour=red", "seed=x"])
+def test_an_unreadable_oom_injection_is_a_config_error_naming_the_variable(spec, monkeypatch):
+    monkeypatch.setenv("TRAINER_INJECT_OOM", spec)
+    with pytest.raises(ConfigError, match="TRAINER_INJECT_OOM=.*write e.g."):
+        list(train(tiny()))

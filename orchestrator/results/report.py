@@ -50,7 +50,31 @@ def report_markdown(names: list[str], runs: pd.DataFrame, built: dict[str, Table
     lines += ["## Figures", ""]
     lines += [f"![{p.stem}]({p.name})\n" for p in sorted(set(figure_files))]
     lines += [f"- {k}: {n}" for k, ns in sorted(notes.items()) for n in ns]
+    lines += ["", *memory_check_markdown(runs)]
     return "\n".join(lines) + "\n"
+
+
+def memory_check_markdown(runs: pd.DataFrame) -> list[str]:
+    """GPU memory forecast vs measured, per group configuration (the `group_shape` tag: a
+    group's members and shapes): what `run` sized each share from, and what the group
+    reached. Runs on a CPU measure nothing and are left out."""
+    head = ["## GPU memory: forecast vs measured", ""]
+    needed = {"tags.group_shape", "metrics.group_peak_memory_mb", "metrics.forecast_peak_mb"}
+    if not needed <= set(runs.columns):
+        return head + ["No run measured its group's GPU memory (runs on a CPU measure none)."]
+    measured = runs.dropna(subset=sorted(needed))
+    if measured.empty:
+        return head + ["No run measured its group's GPU memory (runs on a CPU measure none)."]
+    rows = ["| group (first member) | members | runs | forecast peak MB | measured peak MB | measured / forecast |",
+            "|---|---:|---:|---:|---:|---:|"]
+    for _, g in sorted(measured.groupby("tags.group_shape"), key=lambda kv: kv[1]["run_id"].iloc[0]):
+        first = g.sort_values("tags.mlflow.runName")["tags.mlflow.runName"].iloc[0] \
+            if "tags.mlflow.runName" in g else g["run_id"].iloc[0]
+        size = g["tags.fused_group_size"].iloc[0] if "tags.fused_group_size" in g else "?"
+        forecast, peak = g["metrics.forecast_peak_mb"].max(), g["metrics.group_peak_memory_mb"].max()
+        rows.append(f"| {first} | {size} | {len(g)} | {forecast:,.0f} | {peak:,.0f} | {peak / forecast:.2f} |")
+    return head + rows + ["", "A later `run` sizes a share from the larger of the two for a group of "
+                              "the same shape."]
 
 
 class Sources(NamedTuple):
