@@ -18,7 +18,11 @@
    on), eager and torch.compile reduce-overhead (CUDA graphs), over the ops and FLOPs each
    step dispatches (trainer/cost.py): t_op eager and compiled, and the FLOP rate where the
    step shows it (bench/calibrate.py). Written, "assumed": false, with the GPU's name, the
-   date and torch's version, to trainer/calibration.json, which `plan` reads: commit it.
+   date and torch's version, to trainer/calibration.json, which `plan` reads: commit it;
+7. the share cap: a fused group given a share of half its forecast peak (its allocator
+   capped as `run` caps it, packing.allocator_cap) fails alone with torch's
+   OutOfMemoryError, the orchestrator's one-line message printed, while a neighbour process
+   on the same GPU finishes its epoch.
 It prints a compact report to paste into BENCHMARKS.md's GPU section, and writes checks 5
 and 6 to bench/gpu_check.json.
 """
@@ -179,6 +183,48 @@ def time_calibration(args) -> None:
     check(all(v > 0 and math.isfinite(v) for v in values.values()), f"constants measured: {sorted(values)}")
 
 
+def _neighbour(divisor: int) -> None:
+    """Check 7's neighbour: one short epoch in its own process, beside the capped group."""
+    c = Config.from_dict(dict(dataset="synthetic", train_samples=500, test_samples=10, device="cuda",
+                              vgg_width_divisor=divisor, regularizer=True, epochs=1))
+    for _ in train(c):
+        pass
+
+
+def share_cap(args) -> None:
+    print("7. share cap: a group given too small a share fails alone, with the named error")
+    from orchestrator.run.driver import Job, Member, oom_line
+    from orchestrator.run.packing import CUDA_RESERVE
+    from trainer.memory import cap_allocator
+    from trainer.train import train_group
+
+    cfgs = [cfg(args, regularizer=True, epochs=1, train_samples=500, seed=i) for i in range(4)]
+    f = forecast(cfgs)
+    total = torch.cuda.get_device_properties(0).total_memory
+    share = round((f.peak // 2 + CUDA_RESERVE) / total, 4)      # the cap: about half the forecast
+    job = Job("share-cap-check", [Member(f"k{i}", f"member{i}", {}, "", "") for i in range(4)], "", 1, {},
+              {"cpu": 1, "gpu": share}, total, f.peak)
+    neighbour = torch.multiprocessing.get_context("spawn").Process(target=_neighbour, args=(args.divisor,))
+    neighbour.start()
+    torch.cuda.reset_peak_memory_stats()
+    try:
+        for _ in train_group(cfgs, memory_cap=job.memory_cap):
+            pass
+        check(False, f"a group capped at {job.memory_cap / MB:,.0f} MB (forecast {f.peak / MB:,.0f}) "
+                     f"raised no OutOfMemoryError")
+    except torch.cuda.OutOfMemoryError:
+        reached = torch.cuda.max_memory_reserved()
+        print("  " + oom_line(job, reached / MB, "(run would re-pack it: share doubled)"))
+        check(reached <= job.memory_cap, f"OOM inside its cap: reserved {reached / MB:,.0f} MB <= cap "
+                                         f"{job.memory_cap / MB:,.0f} MB")
+    finally:
+        cap_allocator(torch.device("cuda"), None)
+        torch.cuda.empty_cache()
+    neighbour.join(600)
+    check(neighbour.exitcode == 0, f"the neighbour process on the same GPU finished its epoch "
+                                   f"(exit code {neighbour.exitcode})")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
@@ -205,6 +251,8 @@ def main(argv=None) -> int:
     if args.device == "cuda":
         forecast_vs_measured(args)
     time_calibration(args)
+    if args.device == "cuda":
+        share_cap(args)
     if args.device == "cuda" and not args.no_write:
         REPORT_PATH.write_text(json.dumps({"gpu": torch.cuda.get_device_name(0),
                                            "torch": torch.__version__, **REPORT}, indent=2) + "\n")
