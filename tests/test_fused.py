@@ -20,11 +20,10 @@ from trainer.train import Measurement, Member, MemberFailed, train, train_group
 from paper_regularizer import objective
 
 # A group that mixes everything that may differ inside one: seeds, regularizer on/off,
-# alphas, lambda, the reading of the pairs, and the width W; in the trainer's order
-# (fused.head_order), four head sub-groups: W=32 regularized, W=32 plain, W=16 each.
+# alphas, lambda, the reading of the pairs, and the width W (two head sub-groups).
 MIXED = [dict(seed=0, regularizer=True),
-         dict(seed=2, regularizer=True, alpha_first=1e-3, reg_lambda=1e-2, reg_pairs="even"),
          dict(seed=1, regularizer=False),
+         dict(seed=2, regularizer=True, alpha_first=1e-3, reg_lambda=1e-2, reg_pairs="even"),
          dict(seed=3, regularizer=True, width=16),
          dict(seed=4, regularizer=False, width=16)]
 
@@ -82,7 +81,7 @@ def test_each_member_of_a_mixed_group_steps_exactly_as_alone(steps, tol):
     cfgs = [cfg(**m) for m in MIXED]
     xs, ys = batches(len(cfgs), steps)
     group, fused_losses = fused_steps(cfgs, xs, ys)
-    assert [s.stop - s.start for s in group.model.slices] == [2, 1, 1, 1]   # W=32 reg, plain; W=16 reg, plain
+    assert [s.stop - s.start for s in group.model.slices] == [3, 2]   # W=32 and W=16 heads
     for i, c in enumerate(cfgs):
         state, losses = solo_steps(c, xs[:, i], ys[:, i])
         member_state, momentum = group.member_state(i)

@@ -21,9 +21,9 @@ GROUPS = {
     "solo-even": [dict(seed=0, regularizer=True, reg_pairs="even")],
     "solo-off": [dict(seed=0)],
     # everything that may differ inside a group: seeds, on/off, alphas, lambda, pairs, W
-    "fused-mixed": [dict(seed=0, regularizer=True),     # in the trainer's order (fused.head_order)
-                    dict(seed=2, regularizer=True, alpha_first=1e-3, reg_lambda=1e-2, reg_pairs="even"),
+    "fused-mixed": [dict(seed=0, regularizer=True),
                     dict(seed=1, regularizer=False),
+                    dict(seed=2, regularizer=True, alpha_first=1e-3, reg_lambda=1e-2, reg_pairs="even"),
                     dict(seed=3, regularizer=True, alpha_second=3e-3, width=16),
                     dict(seed=4, regularizer=True, reg_pairs="even", width=16)],
 }

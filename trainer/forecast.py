@@ -119,14 +119,13 @@ class CudaAllocator:
 def step_objects(cfgs: list[Config], device="cpu", steps: int = 2):
     """What the trainer builds to train these trials as one group, with an all-zeros
     dataset of their size on `device`: (group, data, plan for `steps` steps, the networks'
-    bytes). Members are in the trainer's order (fused.head_order)."""
-    from .fused import head_order
+    bytes). Members are in the trainer's order (widest head first)."""
     from .group import Group            # local: group imports the trainer's step
     from .train import Member, check_fusable
 
     cfg = check_fusable(cfgs)
     members = sorted((Member(i, c, None, generator=torch.Generator(device=device))
-                      for i, c in enumerate(cfgs)), key=lambda m: head_order(m.cfg))
+                      for i, c in enumerate(cfgs)), key=lambda m: -m.cfg.width)
     for m in members:
         m.generator.manual_seed(epoch_seed(m.cfg.seed, 1))
     n_train = cfg.train_samples or DATASET_SIZES[cfg.dataset][0]
@@ -139,7 +138,7 @@ def step_objects(cfgs: list[Config], device="cpu", steps: int = 2):
     if torch.device(device).type != "cpu":               # (.to() cannot swap fake parameters)
         nets = [net.to(device) for net in nets]
     model = sum(sum(model_bytes(net)) for net in nets)
-    group = Group(members, nets, [{} for _ in members], on="cuda")   # holds its own stacked copies
+    group = Group(members, nets, [{} for _ in members])    # holds its own stacked copies
     plan = EpochPlan.draw([m.generator for m in members], n_train, steps, cfg.batch_size, cfg.augment)
     return group, data, plan, model
 

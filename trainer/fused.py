@@ -199,43 +199,24 @@ def _head_shape(net: Net) -> tuple:
     return tuple((k, tuple(v.shape)) for k, v in net.head.state_dict().items())
 
 
-def head_order(cfg) -> tuple:
-    """How a group's members are ordered (train.py, forecast.py): widest head first, and
-    within a width the regularized before the plain, so that each head sub-group (below)
-    is a run of adjacent members."""
-    return (-cfg.width, not cfg.regularizer)
-
-
-def heads_split_by_regularizer(device_type: str) -> bool:
-    """Whether a head sub-group is one width W and one regularizer setting (CPU) or one
-    width (GPU). The regularizer of a sub-group runs for all its members, zero-weighted for
-    the plain ones: on a CPU, where a step costs its arithmetic, that is a regularized
-    member's cost for nothing, so plain members get their own sub-group; on a GPU, where a
-    batch-5 step costs the ops it dispatches, one more sub-group costs more (~20% of the
-    paper sweeps' forecast GPU time) than the wasted arithmetic."""
-    return device_type == "cpu"
-
-
 class FusedNet(nn.Module):
-    """The stacked networks of N trials. `nets` must list members of the same head sub-group
-    (head shape and `head_keys`, e.g. whether regularized) next to each other (head_order);
-    `generators[m]` draws member m's dropout masks. forward(x (N, B, 3, S, S)) ->
-    [(logits (B, n_g*classes), feats)] per head sub-group, in member order; feats are
-    (B, n_g*D) (block.members() splits them)."""
+    """The stacked networks of N trials. `nets` must list members of the same head shape
+    next to each other (train.py sorts them by width); `generators[m]` draws member m's
+    dropout masks. forward(x (N, B, 3, S, S)) -> [(logits (B, n_g*classes), feats)] per
+    head sub-group, in member order; feats are (B, n_g*D) (block.members() splits them)."""
 
-    def __init__(self, nets: list[Net], generators: list[torch.Generator] | None = None,
-                 head_keys: list | None = None):
+    def __init__(self, nets: list[Net], generators: list[torch.Generator] | None = None):
         super().__init__()
         self.n = len(nets)
         self.head_input = nets[0].head_input
         self.generators = generators or [None] * self.n
         self.features = nn.Sequential(*(self._fuse_layer(layer) for layer in zip(*(n.features for n in nets))))
-        shapes = [(_head_shape(n), k) for n, k in zip(nets, head_keys or [None] * self.n)]
+        shapes = [_head_shape(n) for n in nets]
         self.slices: list[slice] = []                       # member range of each head
         for m, shape in enumerate(shapes):
             if m == 0 or shape != shapes[m - 1]:
                 if shape in shapes[:m]:
-                    raise ValueError("FusedNet: members of the same head sub-group must be adjacent")
+                    raise ValueError("FusedNet: members with the same head shape must be adjacent")
                 self.slices.append(slice(m, m + 1))
             else:
                 self.slices[-1] = slice(self.slices[-1].start, m + 1)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .fused import FusedNet, heads_split_by_regularizer
+from .fused import FusedNet
 from .manifold import Weights, add_theta_gradients, manifold_loss
 from .model import build_model
 
@@ -64,18 +64,14 @@ def member_losses(model: FusedNet, heads: list[HeadObjective], x: torch.Tensor,
 
 
 class Group:
-    def __init__(self, members: list, nets: list, momenta: list[dict], on: str | None = None):
-        """`on`: the device type the step is built for (default: the nets'); the forecast
-        builds a CUDA step from CPU fakes (fused.heads_split_by_regularizer)."""
+    def __init__(self, members: list, nets: list, momenta: list[dict]):
         cfg = members[0].cfg
         self.members = members
         self.n = len(members)
         self.dtype = getattr(torch, cfg.dtype)
         self.timeline = None                      # a MemoryTimeline while one records
         device = next(nets[0].parameters()).device
-        self.on = on or device.type
-        keys = [m.cfg.regularizer for m in members] if heads_split_by_regularizer(self.on) else None
-        self.model = FusedNet(nets, [m.generator for m in members], keys)   # on the nets' device
+        self.model = FusedNet(nets, [m.generator for m in members])       # on the nets' device
         self.model.train()
         # foreach: one op updates every parameter (the default on CUDA, not on CPU); the same
         # arithmetic, tensor by tensor, as the for-loop SGD.
@@ -133,7 +129,7 @@ class Group:
             net.load_state_dict(state)
             nets.append(net.to(device))
             momenta.append(momentum)
-        return Group([self.members[i] for i in stay], nets, momenta, self.on)
+        return Group([self.members[i] for i in stay], nets, momenta)
 
     def _set_momentum(self, momenta: list[dict]) -> None:
         """Stack the members' momentum buffers. A member without one (a new trial beside

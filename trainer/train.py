@@ -22,7 +22,6 @@ from . import checkpoint, faults
 from .config import PER_MEMBER, Config
 from .data import Data, EpochPlan, epoch_seed, group_batch, load_data, resident_bytes, steps_per_epoch
 from .errors import ConfigError, NonFiniteLoss, TrialError
-from .fused import head_order
 from .group import Group
 from .memory import MemoryTimeline, cap_allocator, cuda_peak_metrics, forward_peak_mb, model_bytes
 from .model import build_model
@@ -131,7 +130,7 @@ def train_group(cfgs: list[Config], checkpoint_dirs: list | None = None,
     folders = checkpoint_dirs or [None] * len(cfgs)
     members = [Member(i, c, Path(d) if d is not None else None)
                for i, (c, d) in enumerate(zip(cfgs, folders))]
-    members.sort(key=lambda m: head_order(m.cfg))      # one head sub-group next to each other
+    members.sort(key=lambda m: -m.cfg.width)      # one head shape (width) next to each other
     group, events = _resume(members, device)
     events += [Measurement(h["epoch"], h["metrics"], None, h["artifacts"], member=m.index, replayed=True)
                for m in members for h in m.history]
