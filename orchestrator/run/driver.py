@@ -269,7 +269,7 @@ def tune_trial(params: dict) -> None:
 
 
 class JobQueue(Searcher):
-    """The Tune searcher that hands out the jobs, longest first as given, and takes back a
+    """The Tune searcher that hands out the jobs in the order given, and takes back a
     group that ran out of CUDA memory: re-packed (packing.repacked) at the front of the
     queue, or, after MAX_REPACKS or with nothing left to change, its trials FAILED in MLflow
     with the out-of-memory line. `outcome[trial_id]` is ("re-packed" or "failed", that
