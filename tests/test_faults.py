@@ -240,10 +240,10 @@ def test_a_mistyped_store_path_is_not_created_by_a_read_only_command(tmp_path, c
 
 
 def test_dry_run_leaves_the_folder_as_it_was(tmp_path):
-    sweep = write_sweep(tmp_path / "s.yaml", "dry", {"regularizer": [False, True]})
+    sweep = write_sweep(tmp_path / "s.yaml", "dry", {"regularizer": [False, True]}, max_concurrent=1)
     before = sorted(p.name for p in tmp_path.iterdir())
     out = finish(cli(tmp_path, "run", str(sweep), "--dry-run"))
-    assert "would run 2 together" in out
+    assert "would run 2 together" in out and "1 at once (max_concurrent: 1" in out
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
