@@ -497,7 +497,8 @@ from mlflow.tracking import MlflowClient
 client = MlflowClient("http://localhost:5000")   # the server, its store in Postgres
 exp = client.get_experiment_by_name(os.environ["SWEEP_NAME"])
 assert exp is not None, f"no experiment {os.environ['SWEEP_NAME']!r} in the MLflow server"
-runs = client.search_runs([exp.experiment_id], max_results=1000)
+found = client.search_runs([exp.experiment_id], max_results=1000)
+runs = [r for r in found if "cell_key" not in r.data.tags]   # a cell's parent run is not a trial
 keys = Counter(r.data.tags.get("trial_key") for r in runs)
 expected = {"sweep": os.environ["SWEEP_NAME"], "git_commit": os.environ["EXPECT_COMMIT"],
             "host": os.environ["EXPECT_HOST"], "node_ip": os.environ["EXPECT_IP"],
@@ -532,7 +533,8 @@ if problems:
     print("MLflow check failed:\n  " + "\n  ".join(problems), file=sys.stderr)
     sys.exit(1)
 print(f"    {len(runs)} runs, one per trial, all FINISHED on the worker, each with"
-      f" git_commit={os.environ['EXPECT_COMMIT']}; {n_artifacts} artifacts, read back through the server")
+      f" git_commit={os.environ['EXPECT_COMMIT']}; {n_artifacts} artifacts, read back through the server;"
+      f" {len(found) - len(runs)} cell run(s) above them")
 EOF
 }
 step "checking the MLflow server's store"

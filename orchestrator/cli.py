@@ -115,13 +115,15 @@ def _resume_command(args) -> str:
 
 def build_tables_step(sweep: Sweep, uri: str) -> int:
     """`run`'s final aggregation: the sweep's tables and report, exactly as `tables` writes,
-    and each figure attached to the runs it comes from."""
+    one parent run per cell above its seeds, and each figure attached to the runs it comes
+    from."""
     from .results import ResultsError
     from .results.report import write_results
 
     out = Path("results") / sweep.name
     try:
-        paths = write_results([str(sweep.path)], uri, out_dir=str(out), attach_figures=True)
+        paths = write_results([str(sweep.path)], uri, out_dir=str(out), attach_figures=True,
+                              cell_runs=True)
     except ResultsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -212,8 +214,9 @@ def cmd_status(args) -> int:
 
 
 def cmd_tables(args) -> int:
-    """Read-only unless --attach-figures: set-up errors are one `error:` line, exit 2,
-    nothing written (and no MLflow store created)."""
+    """Writes to MLflow only the cells' parent runs (unless --no-cell-runs) and, with
+    --attach-figures, the figures: set-up errors are one `error:` line, exit 2, nothing
+    written (and no MLflow store created)."""
     from .results import ResultsError
     from .results.report import sweep_tracking_uri, write_results
     from .run import tracking
@@ -225,7 +228,8 @@ def cmd_tables(args) -> int:
         uri = tracking.resolve_tracking_uri(given, None if given else sweep_tracking_uri(args.sources))
         tracking.check_store(uri)
         write_results(args.sources, uri, formats=formats, out_dir=args.out,   # prints each file
-                      attach_figures=args.attach_figures)
+                      attach_figures=args.attach_figures, cell_runs=not args.no_cell_runs,
+                      metric=args.metric, ci=args.ci)
     except ResultsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -276,6 +280,17 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--tracking-uri", help="MLflow store (default as for run)")
     t.add_argument("--format", default="md,latex,csv", help="comma-separated: md, latex, csv")
     t.add_argument("--out", default="results", help="output folder (default: results/)")
+    t.add_argument("--metric", choices=("final", "best"), default="final",
+                   help="which epoch of each run the tables use: final (default; the paper's "
+                        "protocol as we read it) or best (each run's highest test accuracy, "
+                        "and the other metrics at that epoch)")
+    t.add_argument("--ci", action="store_true",
+                   help="show each cell's 95%% interval (Student t over seeds) and whether the "
+                        "paper's value lies inside it in the md and LaTeX tables too (the CSV "
+                        "always has them)")
+    t.add_argument("--no-cell-runs", action="store_true",
+                   help="do not create or update the cells' MLflow parent runs (one per "
+                        "configuration, mean curves over its seeds): read only")
     t.add_argument("--attach-figures", action="store_true",
                    help="also attach each figure to the MLflow runs it comes from (an MLflow "
                         "write; `run` always does)")

@@ -27,9 +27,10 @@ def write_sweep(path: Path, name: str, grid: dict, base: dict | None = None, **t
     return path
 
 
-def runs(uri: str, name: str) -> list:
-    """The runs of experiment `name`; none while the SQLite store does not exist yet (the
-    test must not create it under the driver's feet)."""
+def runs(uri: str, name: str, cells: bool = False) -> list:
+    """The trial runs of experiment `name` (with cells=True: the cells' parent runs
+    instead); none while the SQLite store does not exist yet (the test must not create it
+    under the driver's feet)."""
     from mlflow.tracking import MlflowClient
 
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
@@ -39,7 +40,8 @@ def runs(uri: str, name: str) -> list:
     except Exception:       # the driver is creating the store's tables this very moment
         return []
     exp = c.get_experiment_by_name(name)
-    return [] if exp is None else c.search_runs([exp.experiment_id])
+    found = [] if exp is None else c.search_runs([exp.experiment_id], max_results=1000)
+    return [r for r in found if ("cell_key" in r.data.tags) == cells]
 
 
 def steps(uri: str, run_id: str, metric: str = "train_loss") -> list[int]:

@@ -254,7 +254,8 @@ def runs_of(cluster, experiment: str):
     import mlflow
     client = mlflow.MlflowClient(tracking_uri=cluster["tracking_uri"])
     exp = client.get_experiment_by_name(experiment)
-    return client, ([] if exp is None else client.search_runs([exp.experiment_id], max_results=1000))
+    found = [] if exp is None else client.search_runs([exp.experiment_id], max_results=1000)
+    return client, [r for r in found if "cell_key" not in r.data.tags]     # trials, not cells
 
 
 def assert_all_finished_once(client, runs, trials: int, epochs: int, log: Path) -> None:

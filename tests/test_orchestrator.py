@@ -73,6 +73,44 @@ def test_sweep_end_to_end_idempotent_and_grows(tmp_path, uri, fuse, resources):
     assert {r.info.run_id for r in first} <= {r.info.run_id for r in after}
 
 
+def test_two_seed_sweep_leaves_one_cell_run_per_cell_and_a_rerun_adds_none(tmp_path, uri):
+    """2 cells x 2 seeds: `run` leaves one FINISHED parent run per cell, nested above its
+    two seeds (MLflow's parent tag), whose per-epoch mean/std/n are the seeds'; `status`
+    counts trials only; a rerun writes no second parent."""
+    import statistics
+
+    from mlflow.tracking import MlflowClient
+
+    sweep = write_sweep(tmp_path / "s.yaml", "seeds", {"regularizer": [False, True]}, seeds=[0, 1],
+                        resources={"cpu": 1}, fuse=4, max_concurrent=1)
+    finish(cli(tmp_path, "run", str(sweep), "--tracking-uri", uri))
+    trials, cells = runs(uri, "seeds"), runs(uri, "seeds", cells=True)
+    assert len(trials) == 4 and sorted(c.info.run_name for c in cells) == ["w32-b6-noreg", "w32-b6-reg"]
+    c = MlflowClient(uri)
+    for cell in cells:
+        seeds = [t for t in trials if t.data.tags.get("mlflow.parentRunId") == cell.info.run_id]
+        assert sorted(t.info.run_name for t in seeds) == [f"{cell.info.run_name}-s0", f"{cell.info.run_name}-s1"]
+        assert cell.info.status == "FINISHED" and "trial_key" not in cell.data.tags
+        for metric in ("test_accuracy", "train_loss"):
+            per_seed = [{m.step: m.value for m in c.get_metric_history(t.info.run_id, metric)} for t in seeds]
+            mean = {m.step: m.value for m in c.get_metric_history(cell.info.run_id, f"{metric}_mean")}
+            std = {m.step: m.value for m in c.get_metric_history(cell.info.run_id, f"{metric}_std")}
+            n = {m.step: m.value for m in c.get_metric_history(cell.info.run_id, f"{metric}_n")}
+            assert sorted(mean) == sorted(std) == sorted(n) == [1, 2]
+            for epoch in (1, 2):
+                values = [h[epoch] for h in per_seed]
+                assert mean[epoch] == pytest.approx(statistics.mean(values))
+                assert std[epoch] == pytest.approx(statistics.stdev(values))
+                assert n[epoch] == 2
+    status = finish(cli(tmp_path, "status", str(sweep), "--tracking-uri", uri))
+    assert "sweep seeds: 4 trials: 4 finished" in status
+
+    out = finish(cli(tmp_path, "run", str(sweep), "--tracking-uri", uri))
+    assert "nothing to run" in out and "cell run" not in out
+    assert {r.info.run_id for r in runs(uri, "seeds", cells=True)} == {r.info.run_id for r in cells}
+    assert len(runs(uri, "seeds")) == 4
+
+
 def test_killed_driver_resumes_in_same_runs(tmp_path, uri):
     """Kill the driver mid-sweep (a fused group of 2); `run` again continues each trial in
     its own MLflow run from its checkpoint: no duplicate runs, no duplicate or missing steps."""

@@ -34,11 +34,12 @@ def test_write_results_renders_everything_and_attaches_figures(store, tmp_path):
     assert f"from MLflow ({uri}), experiments ['fake-smoke']: 5 runs (1 FAILED, 3 FINISHED, 1 RUNNING)" in text
     assert "Paper values: orchestrator/results/paper.yaml." in text
     assert "| LDA on test t-SNE is more accurate with the regularizer" in text
-    # The smoke-like batch-16 rows count too: W=16 measured (45 > 40), the rest failed/running/not run.
-    assert ("in every CIFAR-10 cell (Table 1) | 9 of 9 | 1 of 1 (11 missing) | **open (cells missing)** |"
+    # The smoke-like batch-16 rows count too: W=16 measured (45 vs 40, one seed each: not resolved),
+    # the rest failed/running/not run.
+    assert ("in every CIFAR-10 cell (Table 1) | 9 of 9 | 0 of 1 hold, 1 not resolved (11 missing) | **open (cells missing)** |"
             in text)
     # Table 5 is the model code's bytes; the memory table forecasts the profiled (timeline) run
-    assert "| Bottleneck model memory is under 50% of VGG16's for every W (Table 5) | 3 of 3 | 3 of 3 |" in text
+    assert "| Bottleneck model memory is under 50% of VGG16's for every W (Table 5) | 3 of 3 | 3 of 3 hold |" in text
     peaks = (out / "memory_peaks.md").read_text()
     assert "| Bottleneck W=16, batch 16 | " in peaks and "(forecast)" in peaks
     client = mlflow.MlflowClient(tracking_uri=uri)
@@ -84,7 +85,7 @@ def test_tables_reads_the_sweep_files_tracking_uri(store, tmp_path, monkeypatch,
     (tmp_path / "s.yaml").write_text(yaml.safe_dump({"name": "fake-smoke", "reproduces": ["table3"],
                                                      "tracking_uri": uri}))
     assert cli.main(["tables", "s.yaml", "--format", "csv"]) == 0
-    assert "VGG16,batch 16,35,,1,ok,75.84" in (tmp_path / "results" / "table3.csv").read_text()
+    assert "VGG16,batch 16,35,,1,,,ok,75.84,," in (tmp_path / "results" / "table3.csv").read_text()
     assert not (tmp_path / "mlflow.db").exists()
 
 

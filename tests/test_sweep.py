@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from orchestrator.run.sweep import Sweep, SweepError, apply_overrides, expand, load_sweep, trial_key
+from orchestrator.run.sweep import Sweep, SweepError, apply_overrides, cell_key, expand, load_sweep, trial_key
 from trainer.config import Config
 
 SWEEPS = pathlib.Path(__file__).resolve().parents[1] / "sweeps"
@@ -189,3 +189,15 @@ def test_expand_orders_grid_then_seeds_and_keys_name_the_identity():
 def test_how_a_trial_executes_is_not_part_of_its_key(change, same):
     base = Config.from_dict({"dataset": "synthetic", "batch_size": 5}).to_dict()
     assert (trial_key({**base, **change}) == trial_key(base)) is same
+
+
+@pytest.mark.parametrize("change,same", [
+    (dict(seed=1), True), (dict(memory_timeline=True), True), (dict(threads=4), True),
+    (dict(epochs=3), False), (dict(width=8), False), (dict(regularizer=True), False),
+], ids=lambda v: str(v))
+def test_a_cell_is_the_trial_without_its_seed_or_measurements(change, same):
+    """A cell's seeds (and runs that only measure more) share its key; the experiment does not."""
+    base = Config.from_dict({"dataset": "synthetic", "batch_size": 5}).to_dict()
+    assert (cell_key({**base, **change}) == cell_key(base)) is same
+    assert cell_key(base) == hashlib.sha256(json.dumps({"batch_size": 5, "dataset": "synthetic"},
+                                                       sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]

@@ -120,9 +120,16 @@ VGG16 & 7.00 $\pm$ 0.35 (n=2) & 6.01 & -- (not run) & 4.01 & -- (not run) & 4.30
 \end{table}
 """
     csv_lines = render.to_csv(table).splitlines()
-    assert csv_lines[0] == "table,group,row,column,ours_mean,ours_std,n,status,paper,ours_bold,paper_bold"
-    assert csv_lines[1] == "table3,Classification performance (%),VGG16,batch 64,92,0.7071,2,ok,92.86,0,0"
-    assert csv_lines[5] == "table3,Classification performance (%),VGG16,batch 5,,,0,failed,33.47,0,0"
+    assert csv_lines[0] == ("table,group,row,column,ours_mean,ours_std,n,ci95_low,ci95_high,status,paper,"
+                            "paper_inside,ours_bold,paper_bold")
+    # 92 +- t(0.975, 1) * 0.7071 / sqrt(2) = 92 +- 12.7062 * 0.5: the paper's 92.86 inside
+    assert csv_lines[1] == ("table3,Classification performance (%),VGG16,batch 64,92,0.7071,2,85.6469,98.3531,"
+                            "ok,92.86,1,0,0")
+    assert csv_lines[5] == "table3,Classification performance (%),VGG16,batch 5,,,0,,,failed,33.47,,0,0"
+    with_ci = render.to_latex(table, ci=True)
+    assert r"VGG16 & 92.00 $\pm$ 0.71 [85.65, 98.35] (n=2) & 92.86 (inside ours) & -- (not run) & 75.84 &" in with_ci
+    assert r"VGG16 & 7.00 $\pm$ 0.35 [3.82, 10.18] (n=2) & 6.01 (inside ours)" in with_ci
+    assert "[85.65, 98.35] (n=2) | 92.86 (inside ours) |" in render.to_markdown(table, ci=True)
     assert len(csv_lines) == 1 + 2 * 5
 
 

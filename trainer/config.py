@@ -169,8 +169,10 @@ def fields_where(**rule) -> frozenset[str]:
     return frozenset(n for n, f in FIELDS.items() if all(f.metadata[k] == v for k, v in rule.items()))
 
 
+# Fields that make a table cell: runs that agree on them are one experiment's seeds.
+EXPERIMENT = fields_where(role="experiment")
 # Fields a table cell pools over: they do not make two runs different experiments.
-NOT_EXPERIMENT = frozenset(FIELDS) - fields_where(role="experiment")
+NOT_EXPERIMENT = frozenset(FIELDS) - EXPERIMENT
 # Fields that may differ between a checkpoint and the run that resumes it.
 RESUMABLE = fields_where(resumable=True)
 # Fields that identify a trial (its trial_key): everything but how and where it executes.

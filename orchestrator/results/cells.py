@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from orchestrator.results.stats import mean_interval
 from trainer.config import DATASET_CLASSES, NOT_EXPERIMENT, TYPES as CONFIG_TYPES, Config
 
 # Why a FINISHED run has no value for a metric.
@@ -79,6 +80,16 @@ class Cell:
     mixed: tuple[str, ...] = ()    # config fields that differ between the pooled runs
     runs: tuple[str, ...] = ()     # run_ids pooled
     source: str = ""               # "": pooled runs; else the code that computes it ("forecast", ...)
+
+    @property
+    def ci95(self) -> tuple[float, float] | None:
+        """95% Student-t interval of the mean over the pooled runs (None: n < 2, or computed)."""
+        return None if self.source else mean_interval(self.mean, self.std, self.n)
+
+    def contains(self, value: float | None) -> bool | None:
+        """Whether `value` (the paper's) lies inside ci95 (None: no interval or no value)."""
+        ci = self.ci95
+        return None if ci is None or value is None else ci[0] <= value <= ci[1]
 
 
 def from_code(value: float, source: str) -> Cell:
@@ -146,6 +157,7 @@ class Table:
     better: dict[str, str]          # group -> "higher" | "lower" | "" (no bold)
     number: str = "{:.2f}"          # format of one value
     show_std: bool = True
+    noise: bool = True              # False: values carry no seed noise (memory); compared exactly
     notes: list[str] = field(default_factory=list)
 
     def get(self, row_key: tuple, col_key) -> tuple[Cell | None, float | None]:

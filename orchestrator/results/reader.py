@@ -10,6 +10,8 @@ first use, so a missing one is an error naming the path.
 (columns `run_id`, `experiment_id`, `status`, `artifact_uri`, `start_time`, `end_time`,
 `params.*` (strings), `metrics.*` (latest value = final epoch), `tags.*`), plus
 `experiment` (the name), passed through `cells.prepare` (params cast to Config types).
+The cells' parent runs (results/seeds.py: one per configuration, above its seeds) are not
+trials: `load_runs` leaves them out.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.results import ResultsError
 from orchestrator.results.cells import prepare
+from orchestrator.results.seeds import CELL_TAG
 from orchestrator.run.tracking import local_store
 
 PAGE = 1000   # runs (and experiments) per search request
@@ -69,10 +72,17 @@ def runs_frame(runs: list) -> pd.DataFrame:
 
 
 def load_runs(experiment_names: list[str], tracking_uri: str) -> pd.DataFrame:
-    """All runs of the named experiments (one per sweep), prepared (see module docstring).
+    """All trial runs of the named experiments (one per sweep), prepared (see module
+    docstring); the cells' parent runs are left out (load_runs_and_cells has them).
 
     Unknown names raise ResultsError listing the experiments the store holds.
     """
+    return load_runs_and_cells(experiment_names, tracking_uri)[0]
+
+
+def load_runs_and_cells(experiment_names: list[str], tracking_uri: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(trial runs, prepared; the cells' parent runs, unprepared: results/seeds.py) of the
+    named experiments, in one search."""
     c = client(tracking_uri)
     known = {e.name: e.experiment_id
              for e in _pages(lambda t: c.search_experiments(max_results=PAGE, page_token=t))}
@@ -84,7 +94,22 @@ def load_runs(experiment_names: list[str], tracking_uri: str) -> pd.DataFrame:
     runs = runs_frame(_pages(lambda t: c.search_runs(ids, max_results=PAGE, page_token=t)))
     names = {v: k for k, v in known.items()}
     runs["experiment"] = runs["experiment_id"].map(names) if len(runs) else pd.Series(dtype=str)
-    return prepare(runs)
+    is_cell = runs[f"tags.{CELL_TAG}"].notna() if f"tags.{CELL_TAG}" in runs else pd.Series(False, index=runs.index)
+    return prepare(runs[~is_cell]), runs[is_cell]
+
+
+def metric_histories(run_ids, metrics, tracking_uri: str) -> dict[str, dict[str, dict[int, float]]]:
+    """run id -> metric -> step (epoch) -> value, for each of `metrics` the run logged (the
+    latest value where a step was logged twice)."""
+    c = client(tracking_uri)
+    out = {}
+    for run_id in run_ids:
+        out[run_id] = {}
+        for metric in metrics:
+            history = sorted(c.get_metric_history(run_id, metric), key=lambda m: (m.step, m.timestamp))
+            if history:
+                out[run_id][metric] = {m.step: m.value for m in history}
+    return out
 
 
 def load_artifact_json(run_id: str, artifact_path: str, tracking_uri: str) -> dict | None:

@@ -5,10 +5,11 @@ Entry point for `python -m orchestrator tables SWEEP...` and the end of `run`:
     write_results(["sweeps/table1.yaml"], "sqlite:///abs/mlflow.db", out_dir="results/table1")
 
 writes the tables (render.py, one file per format), the figures (figures.py) and report.md
-(provenance, the claims of claims.py checked on our numbers, tables, figures). It only
-reads MLflow (reader.py), except that `attach_figures=True` also attaches each figure to
-the runs it comes from, through orchestrator.run.tracking.log_figures (the one MLflow writer):
-`run` does that, the read-only `tables` command only when asked (--attach-figures).
+(provenance, the claims of claims.py checked on our numbers, tables, figures). It reads
+MLflow (reader.py) and writes to it, through orchestrator.run.tracking (the one MLflow
+writer), only when asked: `cell_runs=True` keeps one parent run per cell above its seeds
+(seeds.py; `run` and `tables` do, unless `tables --no-cell-runs`), `attach_figures=True`
+attaches each figure to the runs it comes from (`run` does, `tables` with --attach-figures).
 
 Every set-up error (unknown format, output folder that is a file, no such store or
 experiment) is raised as ResultsError before anything is written.
@@ -22,7 +23,7 @@ from typing import NamedTuple, Sequence
 import pandas as pd
 
 from orchestrator.run import tracking
-from orchestrator.results import ResultsError, figures, reader, render, tables
+from orchestrator.results import ResultsError, figures, reader, render, seeds, tables
 from orchestrator.results.cells import Table, select
 from orchestrator.results.claims import Claim, check_claims, claims_markdown
 from orchestrator.run.sweep import ARTEFACTS, expand, load_sweep
@@ -30,11 +31,18 @@ from trainer.config import TYPES as CONFIG_TYPES, Config
 from trainer.forecast import forecast_configs
 
 FORMATS = ("md", "latex", "csv")
+# Which epoch of each run the tables use (tables --metric); DESIGN.md has our reading.
+METRICS = {
+    "final": "final-epoch metrics of FINISHED runs (the paper's protocol as we read it: it "
+             "trains 200 epochs and has no validation split to pick an epoch on)",
+    "best": "each FINISHED run's metrics at its best epoch (highest test accuracy): picked on "
+            "the test set, so optimistic; the paper's protocol, as we read it, is the final epoch",
+}
 
 
 def report_markdown(names: list[str], runs: pd.DataFrame, built: dict[str, Table],
                     claims: list[Claim], figure_files: list[pathlib.Path], notes: dict[str, list[str]],
-                    tracking_uri: str) -> str:
+                    tracking_uri: str, metric: str = "final") -> str:
     """The whole report: provenance, claims, tables, figures (paths relative to the report)."""
     status = runs["status"].value_counts().to_dict() if len(runs) else {}
     commits = sorted(set(runs["tags.git_commit"].dropna())) if "tags.git_commit" in runs else []
@@ -43,7 +51,7 @@ def report_markdown(names: list[str], runs: pd.DataFrame, built: dict[str, Table
              f"({tracking_uri}), experiments {names}: {len(runs)} runs "
              f"({', '.join(f'{n} {s}' for s, n in sorted(status.items())) or 'none'}); "
              f"git commits {', '.join(c[:10] for c in commits) or 'not tagged'}.",
-             "Paper values: orchestrator/results/paper.yaml. Ours: final-epoch metrics of FINISHED runs.",
+             f"Paper values: orchestrator/results/paper.yaml. Ours: {METRICS[metric]}.",
              "", "## Claims", "", claims_markdown(claims) if claims else "No claim rests on the built tables.",
              "", "## Tables", ""]
     lines += [render.to_markdown(t) for t in built.values()]
@@ -142,6 +150,18 @@ def sweep_tracking_uri(sources: list[str]) -> str | None:
     return next(iter(uris), None)
 
 
+def update_cell_runs(runs: pd.DataFrame, parents: pd.DataFrame, tracking_uri: str) -> int:
+    """Keep one MLflow parent run per cell above its seeds (results/seeds.py); returns how
+    many were created or replaced (0: every cell's parent is up to date)."""
+    writes = seeds.plan_writes(seeds.cell_groups(runs), parents)
+    created = [w.cell for w in writes if w.keep is None]
+    histories = reader.metric_histories({r for c in created for r in c.finished},
+                                        seeds.CELL_METRICS, tracking_uri)
+    tracking.write_cell_runs(tracking_uri, writes,
+                             {(c.experiment_id, c.key): seeds.summarize_cell(c, histories) for c in created})
+    return len(created)
+
+
 def check_formats(formats: Sequence[str]) -> tuple[str, ...]:
     """The table formats asked for; none, or an unknown one, is an error (not a silent skip)."""
     formats = tuple(formats)
@@ -166,19 +186,20 @@ def output_folder(out_dir: str | pathlib.Path | None, names: list[str]) -> pathl
     return out
 
 
-def _write_tables(built: dict[str, Table], formats: tuple[str, ...], out: pathlib.Path) -> list[pathlib.Path]:
+def _write_tables(built: dict[str, Table], formats: tuple[str, ...], out: pathlib.Path,
+                  ci: bool) -> list[pathlib.Path]:
     written = []
     for key, table in built.items():
         for fmt in formats:
             path = out / f"{key}{render.SUFFIX[fmt]}"
-            path.write_text(render.RENDERERS[fmt](table))
+            path.write_text(render.RENDERERS[fmt](table, ci=ci))
             written.append(path)
     return written
 
 
 def write_results(sources: list[str], tracking_uri: str, formats: Sequence[str] = FORMATS,
-                  out_dir: str | pathlib.Path | None = None,
-                  attach_figures: bool = False) -> list[pathlib.Path]:
+                  out_dir: str | pathlib.Path | None = None, attach_figures: bool = False,
+                  cell_runs: bool = False, metric: str = "final", ci: bool = False) -> list[pathlib.Path]:
     """Render the sweeps' tables, figures and report.md from MLflow; print and return the files.
 
     sources: sweep YAML paths (experiment = its `name:`, artefacts = its `reproduces:`) or
@@ -186,17 +207,29 @@ def write_results(sources: list[str], tracking_uri: str, formats: Sequence[str] 
     tracking_uri: the store to read, already resolved (see sweep_tracking_uri).
     out_dir: default results/<experiment>[+<experiment>...].
     attach_figures: also attach each figure to the runs it comes from (an MLflow write).
+    cell_runs: also keep one parent run per cell above its seeds (an MLflow write).
+    metric: "final" or "best" epoch of each run (METRICS); ci: 95% intervals in md/LaTeX.
     """
     formats = check_formats(formats)
+    if metric not in METRICS:
+        raise ResultsError(f"unknown --metric {metric!r}; choose {' or '.join(METRICS)}")
     names, wanted, auto, _, sweeps = resolve_sources(sources)
     out = output_folder(out_dir, names)
-    runs = reader.load_runs(names, tracking_uri)
+    runs, parents = reader.load_runs_and_cells(names, tracking_uri)
+    if cell_runs:
+        changed = update_cell_runs(runs, parents, tracking_uri)
+        if changed:
+            print(f"MLflow: {changed} cell run(s) written, one per configuration above its seeds")
+    if metric == "best":
+        finished = runs.loc[runs["status"] == "FINISHED", "run_id"] if len(runs) else []
+        runs = seeds.at_best_epoch(runs, reader.metric_histories(finished, seeds.CELL_METRICS,
+                                                                 tracking_uri))
     paper = tables.load_paper()
     computed = compute_from_code(sweeps, runs, wanted, auto)
     built = {key: make(runs, paper, computed) for key, make in tables.TABLES.items()}
     built = {k: t for k, t in built.items() if k in wanted or (auto and tables.supported(t))}
     out.mkdir(parents=True, exist_ok=True)
-    written = _write_tables(built, formats, out)
+    written = _write_tables(built, formats, out, ci)
     fig_wanted = {a for a in ARTEFACTS if a.startswith("figure") and (auto or a in wanted)}
     pairs, notes, analyses = figures.make_figures(runs, out, tracking_uri, fig_wanted)
     notes = {k: v for k, v in notes.items() if k in wanted}   # silent about figures nobody asked for
@@ -205,7 +238,7 @@ def write_results(sources: list[str], tracking_uri: str, formats: Sequence[str] 
     pngs = sorted({p for _, p in pairs})
     report = out / "report.md"
     report.write_text(report_markdown(names, runs, built, check_claims(built, analyses), pngs, notes,
-                                      tracking_uri))
+                                      tracking_uri, metric))
     written += pngs + [report]
     for path in written:
         print(path)

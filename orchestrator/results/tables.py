@@ -163,7 +163,8 @@ def table5(runs: pd.DataFrame, paper: dict, computed: Computed = NOTHING_COMPUTE
                         else from_code(value, "model code"))
         rows.append(Row((part,), label, ours, [spec[name][key] for name, _ in TABLE5_MODELS]))
     table = Table("table5", "Table 5: model-related memory (bytes)", [c for _, c in TABLE5_MODELS],
-                  ["vgg16", 32, 16, 8], rows, {"": ""}, number="{:,.0f}", show_std=False)
+                  ["vgg16", 32, 16, 8], rows, {"": ""}, number="{:,.0f}", show_std=False,
+                  noise=False)
     table.notes.append("ours: the 32x32 networks of trainer/model.py (python -m trainer memory); "
                        "W=16/8 differ from the paper by design (K = 16*W, DESIGN.md)")
     return table
@@ -228,7 +229,7 @@ def memory_peaks(runs: pd.DataFrame, paper: dict, computed: Computed = NOTHING_C
         rows.append(Row(key, label, ours, [ref[p] if p else None for *_, p in PEAK_COLUMNS]))
     table = Table("memory_peaks", "Section 4.4: GPU memory of a training epoch (MB = 2^20 bytes)",
                   [c[0] for c in PEAK_COLUMNS], [c[1] for c in PEAK_COLUMNS], rows, {"": ""},
-                  number="{:,.0f}", show_std=True)
+                  number="{:,.0f}", show_std=True, noise=False)
     table.notes += [spec["note"], FORWARD_GAP_NOTE]
     return table
 

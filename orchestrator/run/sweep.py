@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from trainer.config import DEFAULTS, IDENTITY, TYPES, Config, ConfigError, check_type
+from trainer.config import DEFAULTS, EXPERIMENT, IDENTITY, TYPES, Config, ConfigError, check_type
 
 TOP_LEVEL = ("name", "description", "base", "grid", "extra", "seeds", "fuse", "resources",
              "max_failures", "max_concurrent", "tracking_uri", "storage_path", "reproduces")
@@ -89,8 +89,20 @@ def trial_key(config: dict) -> str:
     """The trial's identity: its identity fields (trainer/config.py) that differ from the
     defaults. Fields that say how it executes (device, threads, paths) are left out, and a
     Config field added later with a default keeps every existing key (and finished run)."""
-    identity = {k: v for k, v in config.items() if k in IDENTITY and v != DEFAULTS[k]}
-    canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+    return _digest(config, IDENTITY)
+
+
+def cell_key(config: dict) -> str:
+    """The identity of the table cell a trial belongs to: its experiment fields
+    (trainer/config.py) that differ from the defaults, so a cell's seeds (and runs that
+    differ only in a measurement) share it. A field missing from `config` is its default."""
+    return _digest(config, EXPERIMENT)
+
+
+def _digest(config: dict, fields: frozenset) -> str:
+    """12 hex digits of the sha256 of `config`'s `fields` that differ from the defaults."""
+    kept = {k: v for k, v in config.items() if k in fields and v != DEFAULTS[k]}
+    canonical = json.dumps(kept, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 

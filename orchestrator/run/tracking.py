@@ -3,7 +3,9 @@
 The driver creates the experiment and one run per trial (found again by its `trial_key`
 tag); each trial process opens a `TrialLogger` on its run id and logs per-epoch metrics
 with step=epoch, skipping epochs the run already holds, so a resumed trial never
-duplicates a step.
+duplicates a step. After a sweep, each cell (a configuration without its seed) gets one
+parent run above its seeds (write_cell_runs; results/seeds.py decides what to write):
+it has no `trial_key`, so it is never taken for a trial.
 """
 from __future__ import annotations
 
@@ -254,6 +256,53 @@ def measured_peaks(uri: str) -> dict[str, int]:
         if not token:
             break
     return out
+
+
+CELL_TAG = "cell_key"                 # on a cell's parent run only (results/seeds.py): marks it
+DIGEST_TAG = "cell_digest"            # of the FINISHED seeds (and last epochs) a parent summarizes
+PARENT_TAG = "mlflow.parentRunId"     # MLflow's own: nests a seed run under its cell in the UI
+MAX_METRIC_BATCH = 1000               # MLflow's log_batch limit on metrics per call
+
+
+def write_cell_runs(uri: str, writes: list, summaries: dict) -> list[str]:
+    """Carry out results/seeds.plan_writes: per cell, create its parent run (FINISHED, with
+    the cell's params, tags and per-epoch summary metrics) unless one is kept, nest every
+    seed under it, then delete the stale parents. Returns the parent run ids.
+
+    writes: seeds.CellWrite; summaries: (experiment id, cell key) -> seeds.CellSummary,
+    for the cells whose parent is created. A parent is complete before any seed points at
+    it, and the old one goes last; an interrupted write (or a retried one) leaves at worst
+    an extra parent of the same cell, which the next write deletes.
+    """
+    return [_write_cell(client(uri), w, summaries.get((w.cell.experiment_id, w.cell.key)))
+            for w in writes]
+
+
+@_retry
+def _write_cell(c: MlflowClient, w, summary) -> str:
+    cell, parent = w.cell, w.keep
+    if parent is None:
+        parent = c.create_run(cell.experiment_id, run_name=cell.name, tags={
+            CELL_TAG: cell.key, DIGEST_TAG: cell.digest,
+            "seed_runs": ",".join(cell.names), "finished_seeds": str(len(cell.finished)),
+            "mlflow.note.content": f"Cell {cell.name}: mean, std and n over its {len(cell.finished)} "
+                                   f"FINISHED seed run(s), per epoch (<metric>_mean, _std, _n) "
+                                   f"and at each seed's best epoch (best_<metric>_mean, _std). "
+                                   f"Its seeds are nested below it."}).info.run_id
+        params = [Param(k, v) for k, v in cell.params.items()]
+        for i in range(0, len(params), MAX_PARAM_BATCH):
+            c.log_batch(parent, params=params[i:i + MAX_PARAM_BATCH])
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, step) for k, v, step in summary.metrics()]
+        for i in range(0, len(metrics), MAX_METRIC_BATCH):
+            c.log_batch(parent, metrics=metrics[i:i + MAX_METRIC_BATCH])
+        c.set_terminated(parent, status="FINISHED")
+    for run_id, current in zip(cell.seeds, cell.parents):
+        if current != parent:
+            c.set_tag(run_id, PARENT_TAG, parent)
+    for stale in w.delete:
+        c.delete_run(stale)
+    return parent
 
 
 @_retry
