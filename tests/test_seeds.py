@@ -206,6 +206,25 @@ def test_tables_metric_best_and_ci_columns(tmp_path):
         half = 12.706205 * math.sqrt(8.0) / math.sqrt(2)                  # t(0.975, 1); both std sqrt(8)
         assert (row["ours_mean"], row["ci95_low"], row["ci95_high"]) == pytest.approx(
             (mean, mean - half, mean + half), abs=1e-3)
-        assert ("best epoch" in (out / "report.md").read_text()) == (metric == "best")
+        header = {"final": "Ours: final-epoch metrics of FINISHED runs",
+                  "best": "Ours: each FINISHED run's metrics at its best epoch"}[metric]
+        assert header in (out / "report.md").read_text()
+        assert f"Note: ours: each run's {metric} epoch" in (out / "table1.md").read_text()
         assert f"[{mean - half:.2f}, {mean + half:.2f}]" in (out / "table1.md").read_text()
     assert _active_parents(c, exp) == []                # cell_runs off: read only
+
+
+def test_a_store_that_refuses_the_cell_runs_is_one_error_naming_the_way_out(tmp_path, monkeypatch):
+    from orchestrator.results import ResultsError
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    c = MlflowClient(uri)
+    _log_seed(c, c.create_experiment("cells"), "w16-b5-reg", 0, [20.0], regularizer=True)
+
+    def refuse(*_):
+        raise OSError("attempt to write a readonly database")
+    monkeypatch.setattr(tracking, "write_cell_runs", refuse)
+    with pytest.raises(ResultsError, match=r"could not write the cells' parent runs to sqlite:///.*mlflow.db "
+                                           r"\(OSError: attempt to write a readonly database\); pass "
+                                           r"--no-cell-runs"):
+        report.write_results(["cells"], uri, formats=["csv"], out_dir=tmp_path / "out", cell_runs=True)

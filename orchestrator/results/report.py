@@ -157,8 +157,13 @@ def update_cell_runs(runs: pd.DataFrame, parents: pd.DataFrame, tracking_uri: st
     created = [w.cell for w in writes if w.keep is None]
     histories = reader.metric_histories({r for c in created for r in c.finished},
                                         seeds.CELL_METRICS, tracking_uri)
-    tracking.write_cell_runs(tracking_uri, writes,
-                             {(c.experiment_id, c.key): seeds.summarize_cell(c, histories) for c in created})
+    try:
+        tracking.write_cell_runs(tracking_uri, writes, {(c.experiment_id, c.key): seeds.summarize_cell(c, histories)
+                                                        for c in created})
+    except Exception as err:   # MlflowException, sqlalchemy's OperationalError (read-only file), ...
+        raise ResultsError(f"could not write the cells' parent runs to {tracking_uri} "
+                           f"({type(err).__name__}: {str(err).splitlines()[0][:200]}); pass "
+                           f"--no-cell-runs to build the tables without writing to MLflow") from None
     return len(created)
 
 
@@ -228,6 +233,8 @@ def write_results(sources: list[str], tracking_uri: str, formats: Sequence[str] 
     computed = compute_from_code(sweeps, runs, wanted, auto)
     built = {key: make(runs, paper, computed) for key, make in tables.TABLES.items()}
     built = {k: t for k, t in built.items() if k in wanted or (auto and tables.supported(t))}
+    for key in set(built) & set(tables.EPOCH_TABLES):
+        built[key].notes.append(tables.EPOCH_NOTE[metric])
     out.mkdir(parents=True, exist_ok=True)
     written = _write_tables(built, formats, out, ci)
     fig_wanted = {a for a in ARTEFACTS if a.startswith("figure") and (auto or a in wanted)}

@@ -242,6 +242,13 @@ FORWARD_GAP_NOTE = (
     "the bottleneck's). Ours say so rather than match it.")
 
 
+# The tables whose cells are per-epoch metrics, and the note that says which epoch.
+EPOCH_TABLES = ("table1", "table2", "table3", "table4")
+EPOCH_NOTE = {"final": "ours: each run's final epoch (tables --metric best: its best epoch)",
+              "best": "ours: each run's best epoch (highest test accuracy, picked on the test "
+                      "set; the paper's protocol as we read it is the final epoch)"}
+
+
 TABLES: dict[str, typing.Callable[[pd.DataFrame, dict, Computed], Table]] = {
     "table1": lambda runs, paper, computed=NOTHING_COMPUTED: table_cifar10(runs, paper, "table1"),
     "table2": lambda runs, paper, computed=NOTHING_COMPUTED: table_cifar10(runs, paper, "table2"),
