@@ -127,10 +127,17 @@ def build_tables_step(sweep: Sweep, uri: str) -> int:
     except ResultsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except Exception as err:   # the store stopped answering: the runs are safe, tables later
-        print(f"error: the tables were not built ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
-              f"build them with `python -m orchestrator tables {sweep.path}` once {uri} answers",
-              file=sys.stderr)
+    except Exception as err:   # the runs are safe in MLflow either way: the tables can wait
+        from .run.tracking import is_store_error
+
+        what = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}"
+        if is_store_error(err):
+            print(f"error: the tables were not built: the store did not answer ({what}); build them "
+                  f"with `python -m orchestrator tables {sweep.path}` once {uri} answers", file=sys.stderr)
+        else:
+            print(f"error: the tables were not built: {what}. The runs are safe in MLflow; "
+                  f"`python -m orchestrator tables {sweep.path}` shows the whole traceback (a bug "
+                  f"in the tables: please report it with that)", file=sys.stderr)
         return 1
     print(f"tables and report: {out}/ ({len(paths)} files)")
     return 0

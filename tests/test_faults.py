@@ -180,6 +180,10 @@ def test_a_corrupt_checkpoint_fails_once_naming_the_file(tmp_path, uri):
     error = by_name[bad.name].data.tags["error"]
     assert str(folder / "checkpoint.pt") in error and f"Delete {folder}" in error
     assert {r.info.status for n, r in by_name.items() if n != bad.name} == {"FINISHED"}
+    # `run` says so itself: the member's message, and the count in the progress line
+    said = [line for line in out.splitlines() if f"{bad.name} FAILED: " in line]
+    assert len(said) == 1 and str(folder / "checkpoint.pt") in said[0], out
+    assert "1 trial(s) failed |" in said[0] and "1/1 groups done, 0 running, 1 trial(s) failed" in out
 
 
 def write_cifar10(root: Path, damage=None) -> Path:

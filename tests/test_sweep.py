@@ -135,6 +135,16 @@ BAD = {
     "vgg16_on_grid": ("name: bad\ngrid: {arch: [vgg16], width: [16, 8]}\n",
                       ["'vgg16-b5-noreg-s0'", "extra:"]),
     "name_missing": ("grid: {width: [16]}\n", ["name is missing"]),
+    # a name becomes folders under --storage and results/: it may not leave them
+    "name_escapes_upwards": ("name: ../escape\ngrid: {width: [16]}\n",
+                             ["name '../escape' cannot name a folder safely", "no '..'", "e.g. 'escape'"]),
+    "name_is_a_path": ("name: /abs/path\ngrid: {width: [16]}\n", ["name '/abs/path'", "e.g. 'abs-path'"]),
+    "name_too_long_unicode": ("name: " + "é" * 100 + "\n", ["cannot name a folder safely", "at most 64"]),
+    "lr_nan": ("name: bad\nbase: {lr: .nan}\n", ["lr=nan", "finite number"]),
+    "alpha_infinite": ("name: bad\nbase: {alpha_second: .inf}\n", ["alpha_second=inf", "finite number"]),
+    "batch_larger_than_the_data": ("name: bad\nbase: {dataset: synthetic, train_samples: 8}\n"
+                                   "grid: {batch_size: [5, 9]}\n",
+                                   ["batch_size=9", "an epoch has 8 training images", "at most that many"]),
     "not_a_mapping": ("- width\n", ["a sweep file is a mapping", "grid"]),
     "not_yaml": ("name: [unclosed\n", ["not valid YAML"]),
 }

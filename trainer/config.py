@@ -19,6 +19,7 @@ every other field fixes shapes or the optimizer and must agree inside a group.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 
@@ -153,9 +154,15 @@ class Config:
         for key in ("train_samples", "test_samples", "threads"):
             if getattr(self, key) < 0:
                 bad(key, "use 0 (all / automatic) or a positive number")
+        for key in (k for k, kind in TYPES.items() if kind is float):
+            if not math.isfinite(getattr(self, key)):
+                bad(key, "use a finite number (not NaN or infinity)")
         for key in ("lr", "momentum", "weight_decay", "alpha_first", "alpha_second", "reg_lambda"):
             if getattr(self, key) < 0:
                 bad(key, "use a non-negative number")
+        if self.batch_size > self.train_size:
+            bad("batch_size", f"an epoch has {self.train_size} training images "
+                              f"(train_samples); use a batch of at most that many")
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}

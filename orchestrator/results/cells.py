@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
 from orchestrator.results.stats import mean_interval
@@ -31,8 +32,21 @@ STATUS_REASON = {"RUNNING": "running", "SCHEDULED": "running", "FAILED": "failed
 REASON_ORDER = ["running", "failed", "killed"]   # then missing-metric reasons
 
 
+def usable(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Prepared runs split into those the tables may use and those left out (`left_out`
+    says why: a param that is no number, NaN or infinite, e.g. a run of an older version
+    that accepted lr=nan). A left-out run is listed in the report, never pooled."""
+    if "left_out" not in runs:
+        return runs, runs.iloc[0:0]
+    odd = runs["left_out"].notna()
+    return runs[~odd], runs[odd]
+
+
 def prepare(runs: pd.DataFrame) -> pd.DataFrame:
     """Cast `params.*` (MLflow strings) to the Config field types; add derived columns.
+
+    A param that cannot be read as its type (or is not finite) becomes NA, and the run's
+    `left_out` column says which (see `usable`); reading never fails on one odd run.
 
     Adds `classes` (10/100, whatever the dataset is called),
     `metrics.model_total_bytes` (= parameter + buffer bytes, Table 5) and
@@ -41,17 +55,26 @@ def prepare(runs: pd.DataFrame) -> pd.DataFrame:
     `tags.trial_key` (by start_time), so a retried trial counts once.
     """
     runs = runs.copy()
+    odd = pd.Series(None, index=runs.index, dtype=object)
     for name, kind in CONFIG_TYPES.items():
         col = f"params.{name}"
         if col not in runs:
             continue
         raw = runs[col]
         if kind is bool:
-            runs[col] = raw.map({"True": True, "False": False, True: True, False: False}).astype("boolean")
-        elif kind is int:
-            runs[col] = pd.to_numeric(raw).astype("Int64")
-        elif kind is float:
-            runs[col] = pd.to_numeric(raw).astype("float64")
+            parsed = raw.map({"True": True, "False": False, True: True, False: False})
+            bad = raw.notna() & parsed.isna()
+            runs[col] = parsed.astype("boolean")
+        elif kind in (int, float):
+            parsed = pd.to_numeric(raw, errors="coerce").astype("float64")
+            bad = raw.notna() & ~np.isfinite(parsed)
+            runs[col] = parsed.where(~bad).astype("Int64" if kind is int else "float64")
+        else:
+            continue
+        first = bad & odd.isna()
+        odd[first] = [f"{name}={v!r} is not a {'finite number' if kind is not bool else 'bool'}"
+                      for v in raw[first]]
+    runs["left_out"] = odd
     dataset = runs.get("params.dataset", pd.Series(index=runs.index, dtype=object))
     # A run that did not log synthetic_classes used the Config default.
     synthetic = runs.get("params.synthetic_classes", pd.Series(pd.NA, index=runs.index, dtype="Int64"))

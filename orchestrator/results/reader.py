@@ -23,7 +23,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from orchestrator.results import ResultsError
-from orchestrator.results.cells import prepare
+from orchestrator.results.cells import prepare, usable
 from orchestrator.results.seeds import CELL_TAG
 from orchestrator.run.tracking import local_store
 
@@ -80,9 +80,11 @@ def load_runs(experiment_names: list[str], tracking_uri: str) -> pd.DataFrame:
     return load_runs_and_cells(experiment_names, tracking_uri)[0]
 
 
-def load_runs_and_cells(experiment_names: list[str], tracking_uri: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(trial runs, prepared; the cells' parent runs, unprepared: results/seeds.py) of the
-    named experiments, in one search."""
+def load_runs_and_cells(experiment_names: list[str],
+                        tracking_uri: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(trial runs, prepared; the cells' parent runs, unprepared: results/seeds.py; trial
+    runs left out because a param is unreadable, with `left_out` saying why: cells.usable)
+    of the named experiments, in one search."""
     c = client(tracking_uri)
     known = {e.name: e.experiment_id
              for e in _pages(lambda t: c.search_experiments(max_results=PAGE, page_token=t))}
@@ -95,7 +97,8 @@ def load_runs_and_cells(experiment_names: list[str], tracking_uri: str) -> tuple
     names = {v: k for k, v in known.items()}
     runs["experiment"] = runs["experiment_id"].map(names) if len(runs) else pd.Series(dtype=str)
     is_cell = runs[f"tags.{CELL_TAG}"].notna() if f"tags.{CELL_TAG}" in runs else pd.Series(False, index=runs.index)
-    return prepare(runs[~is_cell]), runs[is_cell]
+    ok, odd = usable(prepare(runs[~is_cell]))
+    return ok, runs[is_cell], odd
 
 
 def metric_histories(run_ids, metrics, tracking_uri: str) -> dict[str, dict[str, dict[int, float]]]:

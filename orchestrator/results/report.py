@@ -26,7 +26,7 @@ from orchestrator.run import tracking
 from orchestrator.results import ResultsError, figures, reader, render, seeds, tables
 from orchestrator.results.cells import Table, select
 from orchestrator.results.claims import Claim, check_claims, claims_markdown
-from orchestrator.run.sweep import ARTEFACTS, expand, load_sweep
+from orchestrator.run.sweep import ARTEFACTS, check_name, expand, load_sweep
 from trainer.config import TYPES as CONFIG_TYPES, Config
 from trainer.forecast import forecast_configs
 
@@ -42,7 +42,7 @@ METRICS = {
 
 def report_markdown(names: list[str], runs: pd.DataFrame, built: dict[str, Table],
                     claims: list[Claim], figure_files: list[pathlib.Path], notes: dict[str, list[str]],
-                    tracking_uri: str, metric: str = "final") -> str:
+                    tracking_uri: str, metric: str = "final", left_out: pd.DataFrame | None = None) -> str:
     """The whole report: provenance, claims, tables, figures (paths relative to the report)."""
     status = runs["status"].value_counts().to_dict() if len(runs) else {}
     commits = sorted(set(runs["tags.git_commit"].dropna())) if "tags.git_commit" in runs else []
@@ -52,6 +52,7 @@ def report_markdown(names: list[str], runs: pd.DataFrame, built: dict[str, Table
              f"({', '.join(f'{n} {s}' for s, n in sorted(status.items())) or 'none'}); "
              f"git commits {', '.join(c[:10] for c in commits) or 'not tagged'}.",
              f"Paper values: orchestrator/results/paper.yaml. Ours: {METRICS[metric]}.",
+             *left_out_lines(left_out),
              "", "## Claims", "", claims_markdown(claims) if claims else "No claim rests on the built tables.",
              "", "## Tables", ""]
     lines += [render.to_markdown(t) for t in built.values()]
@@ -60,6 +61,18 @@ def report_markdown(names: list[str], runs: pd.DataFrame, built: dict[str, Table
     lines += [f"- {k}: {n}" for k, ns in sorted(notes.items()) for n in ns]
     lines += ["", *memory_check_markdown(runs)]
     return "\n".join(lines) + "\n"
+
+
+def left_out_lines(left_out: pd.DataFrame | None) -> list[str]:
+    """One line per run the tables leave out, and why (cells.usable)."""
+    if left_out is None or left_out.empty:
+        return []
+    lines = ["", f"Left out of every table and figure: {len(left_out)} run(s) whose params "
+                 f"cannot be read:"]
+    for _, run in left_out.iterrows():
+        name = run.get("tags.mlflow.runName") or run["run_id"]
+        lines.append(f"- {name} ({run['status']}, run {run['run_id']}): {run['left_out']}")
+    return lines
 
 
 def memory_check_markdown(runs: pd.DataFrame) -> list[str]:
@@ -183,6 +196,12 @@ def check_formats(formats: Sequence[str]) -> tuple[str, ...]:
 def output_folder(out_dir: str | pathlib.Path | None, names: list[str]) -> pathlib.Path:
     """The folder to write into (default results/<experiment>[+<experiment>...]), not yet
     created; a file in its place (or in place of a parent) is an error."""
+    if not out_dir:
+        try:
+            for name in names:
+                check_name(name, "experiment name")
+        except ValueError as err:
+            raise ResultsError(f"{err}; or pass --out a folder for the results") from None
     out = pathlib.Path(out_dir) if out_dir else pathlib.Path("results") / "+".join(names)
     blocking = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
     if blocking is not None:
@@ -220,7 +239,7 @@ def write_results(sources: list[str], tracking_uri: str, formats: Sequence[str] 
         raise ResultsError(f"unknown --metric {metric!r}; choose {' or '.join(METRICS)}")
     names, wanted, auto, _, sweeps = resolve_sources(sources)
     out = output_folder(out_dir, names)
-    runs, parents = reader.load_runs_and_cells(names, tracking_uri)
+    runs, parents, left_out = reader.load_runs_and_cells(names, tracking_uri)
     if cell_runs:
         changed = update_cell_runs(runs, parents, tracking_uri)
         if changed:
@@ -245,7 +264,7 @@ def write_results(sources: list[str], tracking_uri: str, formats: Sequence[str] 
     pngs = sorted({p for _, p in pairs})
     report = out / "report.md"
     report.write_text(report_markdown(names, runs, built, check_claims(built, analyses), pngs, notes,
-                                      tracking_uri, metric))
+                                      tracking_uri, metric, left_out))
     written += pngs + [report]
     for path in written:
         print(path)

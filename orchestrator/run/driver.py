@@ -165,12 +165,14 @@ def run_group(job: Job) -> None:
     started: set[str] = set()
     try:
         for events in train_group(cfgs, [m.checkpoint_dir for m in members], memory_cap=job.memory_cap):
+            failed = []
             for event in events:
                 m = members[event.member]
                 logger = loggers[m.name]
                 if isinstance(event, MemberFailed):
                     logger.finish("FAILED", error=_error_text(event.error))
                     running.discard(m.name)
+                    failed.append(_failure(m.name, event.error))
                     continue
                 if m.name not in started and not event.replayed:
                     started.add(m.name)      # whether this attempt resumed, and from where
@@ -183,10 +185,11 @@ def run_group(job: Job) -> None:
                     running.discard(m.name)
                 else:                                              # MLflow first: a crash before
                     logger.log_epoch(event.epoch, {**event.metrics, **_against_forecast(event.metrics, job)})
-            _report(events, len(running))                          # Tune hears only repeats it
+            _report(events, len(running), failed)                  # Tune hears only repeats it
     except TrialError as err:                 # the group's inputs: a retry would repeat it
         for name in running:
             loggers[name].finish("FAILED", error=_error_text(err))
+        tune.report({"members_running": 0, FAILED_TRIALS: [_failure(n, err) for n in sorted(running)]})
     except (KeyboardInterrupt, SystemExit):   # Tune stopping the sweep
         for name in running:
             loggers[name].finish("KILLED")
@@ -231,19 +234,31 @@ def _error_text(err: BaseException) -> str:
     return "".join(traceback.format_exception(err))
 
 
-def _report(events: list, running: int) -> None:
-    """One Tune result per epoch of the group: the lowest epoch reached and the test
-    accuracies measured (Progress prints them)."""
+FAILED_TRIALS = "failed_trials"   # a Tune result's "name: why" of each member that failed alone
+
+
+def _failure(name: str, err: BaseException) -> str:
+    """"w16-b5-reg-s0: <the error's first line>" for the progress line (MLflow has the rest)."""
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return f"{name}: {first[:300]}"
+
+
+def _report(events: list, running: int, failed: list[str]) -> None:
+    """One Tune result per epoch of the group: the lowest epoch reached, the test
+    accuracies measured and the members that failed (Progress prints them)."""
     from trainer.train import Measurement
 
     trained = [e for e in events if isinstance(e, Measurement) and not e.replayed]
-    if not trained:
+    if not trained and not failed:
         return
-    epochs = [e.epoch for e in trained]
+    result = {"members_running": running}
+    if trained:
+        result["epoch"] = min(e.epoch for e in trained)
     accs = [e.metrics["test_accuracy"] for e in trained if not e.final and "test_accuracy" in e.metrics]
-    result = {"epoch": min(epochs), "members_running": running}
     if accs:
         result.update(test_accuracy_min=min(accs), test_accuracy_max=max(accs))
+    if failed:
+        result[FAILED_TRIALS] = failed
     tune.report(result)
 
 
@@ -328,14 +343,14 @@ class Progress(tune.Callback):
 
     def __init__(self, queue: JobQueue, out=sys.stderr):
         self.queue, self.out = queue, out
-        self.done = self.failed = self.repacked = 0
+        self.done = self.failed = self.repacked = 0     # groups; `failed` counts trials
         self.running: dict[str, str] = {}
         self.t0 = time.time()
 
     def _line(self, text: str) -> None:
         elapsed = time.time() - self.t0
-        print(f"[{elapsed:6.0f}s] {self.done}/{self.queue.total - self.repacked} done, "
-              f"{len(self.running)} running, {self.failed} failed | {text}", file=self.out, flush=True)
+        print(f"[{elapsed:6.0f}s] {self.done}/{self.queue.total - self.repacked} groups done, "
+              f"{len(self.running)} running, {self.failed} trial(s) failed | {text}", file=self.out, flush=True)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         job = trial.config["job"]
@@ -348,6 +363,12 @@ class Progress(tune.Callback):
         if result.get("oom"):
             return
         job = trial.config["job"]
+        for failure in result.get(FAILED_TRIALS) or []:
+            self.failed += 1
+            self._line(f"{failure.replace(': ', ' FAILED: ', 1)} (the traceback: its MLflow run's "
+                       f"'error' tag)")
+        if "epoch" not in result:
+            return
         lo, hi = result.get("test_accuracy_min"), result.get("test_accuracy_max")
         shown = "" if lo is None else f", test {lo:.1f}%" if lo == hi else f", test {lo:.1f}-{hi:.1f}%"
         self._line(f"{job['name']} epoch {result.get('epoch')}/{job['members'][0]['config']['epochs']}{shown}")
@@ -360,12 +381,12 @@ class Progress(tune.Callback):
             self._line(f"{trial.config['job']['name']} finished")
             return
         self.repacked += kind == "re-packed"
-        self.failed += kind == "failed"
+        self.failed += len(trial.config["job"]["members"]) if kind == "failed" else 0
         self._line(line)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.running.pop(trial.trial_id, None)
-        self.failed += 1
+        self.failed += len(trial.config["job"]["members"])
         runs = ", ".join(m["run_id"] for m in trial.config["job"]["members"])
         self._line(f"{trial.config['job']['name']} FAILED: the error is the 'error' tag of MLflow "
                    f"run(s) {runs}")

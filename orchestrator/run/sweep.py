@@ -39,6 +39,7 @@ import hashlib
 import itertools
 import json
 import pathlib
+import re
 from dataclasses import dataclass, field
 
 import yaml
@@ -158,6 +159,20 @@ def _check_unique(sweep: Sweep, trial: Trial, seen_keys: dict, seen_names: dict)
     seen_keys[trial.key] = seen_names[trial.name] = trial.axes
 
 
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def check_name(name: str, what: str = "name") -> str:
+    """A sweep's name names folders (<storage>/<name>/, results/<name>/, Tune's) and an MLflow
+    experiment: letters, digits, '.', '_' and '-', at most 64, no '..', so every path built
+    from it stays inside its root. Raises ValueError saying so."""
+    if not NAME.fullmatch(name) or ".." in name:
+        raise ValueError(f"{what} {name[:80]!r} cannot name a folder safely; use letters, digits, "
+                         f"'.', '_' and '-' (at most 64, starting with a letter or digit, no '..'), "
+                         f"e.g. {re.sub(r'[^A-Za-z0-9._-]+', '-', name).strip('-.')[:64] or 'my-sweep'!r}")
+    return name
+
+
 def load_sweep(path) -> Sweep:
     """Read, check and expand a sweep file; any problem is a SweepError before anything runs."""
     path = pathlib.Path(path).resolve()
@@ -270,6 +285,10 @@ def _check_top_level(doc: dict, file: str) -> None:
     if not doc.get("name"):
         raise SweepError(f"{file}: name is missing; add name: <MLflow experiment name>")
     _check_type(doc["name"], str, "name", file)
+    try:
+        check_name(doc["name"])
+    except ValueError as err:
+        raise SweepError(f"{file}: {err}") from None
     for key in ("description", "tracking_uri"):
         if doc.get(key) is not None:
             _check_type(doc[key], str, key, file)

@@ -35,19 +35,29 @@ def default_tracking_uri(cwd: str | os.PathLike | None = None) -> str:
     return f"sqlite:///{Path(cwd or os.getcwd()).resolve() / 'mlflow.db'}"
 
 
+DATABASES = ("postgresql://", "mysql://", "mssql://")
+SCHEMES = ("", "file", "sqlite", "http", "https", "databricks", "postgresql", "mysql", "mssql")
+
+
 def resolve_tracking_uri(flag: str | None, sweep_uri: str | None) -> str:
     """--tracking-uri, then MLFLOW_TRACKING_URI, then the sweep file's, then mlflow.db here.
     A relative sqlite path is made absolute against the current folder."""
     uri = flag or os.environ.get("MLFLOW_TRACKING_URI") or sweep_uri
     if not uri:
         return default_tracking_uri()
+    scheme = urllib.parse.urlparse(uri).scheme.split("+", 1)[0]
+    if scheme not in SCHEMES and not (len(scheme) == 1 and uri[1:3] in (":\\", ":/")):   # C:\ is a path
+        raise StoreUnreachable(f"tracking URI {uri!r}: MLflow has no store for scheme {scheme!r}; "
+                               f"use sqlite:///path/to/mlflow.db, a folder, http(s)://host:port (a "
+                               f"tracking server) or a database URL ({', '.join(DATABASES)})")
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         return f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
     return uri
 
 
 class StoreUnreachable(RuntimeError):
-    """The tracking store does not answer; the message names the URI and what to do."""
+    """The tracking store cannot be used (it does not answer, or no MLflow store has that
+    URI); the message names the URI and what to do."""
 
 
 def retry_seconds() -> float:
@@ -62,6 +72,14 @@ def _transient(err: Exception) -> bool:
                                    "temporarily", "503", "502",
                                    # another process is creating the same new store
                                    "already exists", "no such table", "no such column", "alembic"))
+
+
+def is_store_error(err: Exception) -> bool:
+    """Whether `err` came from the tracking store (unreachable, locked, refused), not from
+    the code that used what it returned."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    return isinstance(err, (MlflowException, SQLAlchemyError, OSError, StoreUnreachable)) or _transient(err)
 
 
 def _retry(fn):

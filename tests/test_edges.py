@@ -1,0 +1,74 @@
+"""Faults at the edges, in process: names and values that would escape or fail late are
+one `error:` line and exit 2 at load time, before anything is created."""
+import pytest
+
+from e2e import write_sweep
+from orchestrator.cli import main
+
+
+@pytest.mark.parametrize("command", [["plan"], ["status"], ["run", "--dry-run"]])
+def test_an_unknown_tracking_uri_scheme_is_one_line_exit_2(tmp_path, capsys, command):
+    sweep = write_sweep(tmp_path / "s.yaml", "edges", {"width": [16]})
+    rc = main([command[0], str(sweep), *command[1:], "--tracking-uri", "foo://bar"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert err[0].startswith("error: tracking URI 'foo://bar': MLflow has no store for scheme 'foo'; "
+                             "use sqlite:///path/to/mlflow.db")
+    assert list(tmp_path.iterdir()) == [sweep]
+
+
+def test_tables_with_an_unknown_scheme_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc = main(["tables", "some-experiment", "--tracking-uri", "foo://bar"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "no store for scheme 'foo'" in err[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("uri", ["sqlite:///x.db", "file:///tmp/store", "/abs/folder", "relative/folder",
+                                 "http://host:5000", "https://host", "postgresql+psycopg2://u@h/db",
+                                 "mysql://h/db", "databricks"])
+def test_known_schemes_resolve(uri):
+    from orchestrator.run.tracking import resolve_tracking_uri
+    assert resolve_tracking_uri(uri, None).endswith(uri.split("///")[-1])
+
+
+def test_a_name_from_the_store_cannot_send_the_tables_outside_results(tmp_path):
+    from orchestrator.results import ResultsError
+    from orchestrator.results.report import output_folder
+
+    with pytest.raises(ResultsError, match=r"experiment name '\.\./escape' cannot name a folder safely.*"
+                                           r"or pass --out a folder"):
+        output_folder(None, ["../escape"])
+    assert output_folder(None, ["table1", "table2"]).as_posix() == "results/table1+table2"
+    assert output_folder(tmp_path / "out", ["../escape"]) == tmp_path / "out"   # --out: the user's choice
+
+
+def test_an_odd_run_is_left_out_of_the_tables_with_a_note(tmp_path):
+    """A FAILED run of an older version that accepted lr=nan (and one with an unreadable
+    bool) no longer breaks the tables: they are listed in report.md and pooled nowhere."""
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.results import report
+    from trainer.config import Config
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    c = MlflowClient(uri)
+    exp = c.create_experiment("odd")
+    for i, (overrides, status) in enumerate([({}, "FINISHED"), ({"lr": "nan"}, "FAILED"),
+                                              ({"regularizer": "maybe"}, "FINISHED")]):
+        params = {**Config(dataset="cifar10", batch_size=9, width=16, epochs=2, seed=i).to_dict(), **overrides}
+        rid = c.create_run(exp, run_name=f"w16-b9-noreg-s{i}", tags={"trial_key": f"k{i}"}).info.run_id
+        for k, v in params.items():
+            c.log_param(rid, k, v)
+        for epoch in (1, 2):
+            c.log_metric(rid, "test_accuracy", 30.0 + 10 * i, step=epoch)
+        c.set_terminated(rid, status)
+    report.write_results(["odd"], uri, formats=["csv"], out_dir=tmp_path / "out", cell_runs=True)
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "Left out of every table and figure: 2 run(s) whose params cannot be read:" in text
+    assert "- w16-b9-noreg-s1 (FAILED, run " in text and "lr='nan' is not a finite number" in text
+    assert "regularizer='maybe' is not a bool" in text
+    import pandas as pd
+    row = pd.read_csv(tmp_path / "out" / "table1.csv").query("n > 0")
+    assert list(row["ours_mean"]) == [30.0] and list(row["n"]) == [1]
