@@ -1,8 +1,15 @@
-"""Fixtures shared by the tests of orchestrator/results: a real MLflow SQLite store."""
+"""Fixtures shared by the tests of orchestrator/results: a real MLflow SQLite store. The
+tests (and the processes they start) keep measured costs in a folder of their own, never
+in the user's ~/.cache."""
+import os
+import tempfile
+
 import numpy as np
 import pytest
 
 from trainer.config import Config
+
+os.environ["MANIFOLD_SWEEPS_CACHE"] = tempfile.mkdtemp(prefix="manifold-costs-")
 
 
 def _timeline():

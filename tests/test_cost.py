@@ -250,3 +250,28 @@ def test_plan_shows_a_peak_measured_before_beside_the_forecast_and_sizes_the_sha
     needs = 5000 * 2 ** 20 * 1.2 / 1e9 + 2 ** 30 / 1e9                     # x headroom + CUDA reserve
     assert re.search(rf"^ +g1 .* {needs:.1f} GB", out, re.M)
     assert "1 at once (1 GPU(s)" in out
+
+
+def test_a_measured_cost_is_kept_on_disk_and_read_back(tmp_path, monkeypatch):
+    """The next process reads a group's cost instead of measuring it again; a damaged
+    file is measured again and rewritten; another trainer code version is another file."""
+    from trainer import cost
+
+    monkeypatch.setenv(cost.CACHE_ENV, str(tmp_path))
+    config = Config.from_dict(dict(dataset="synthetic", width=4, batch_size=4, vgg_width_divisor=16,
+                                   train_samples=64, test_samples=32, regularizer=True)).to_dict()
+    key = cost.cost_key([config])
+    cost._cached.cache_clear()
+    first = cost._cached(key)
+    files = list(tmp_path.glob(f"*-{cost.code_digest()}.json"))
+    assert len(files) == 1
+    cost._cached.cache_clear()
+    monkeypatch.setattr(cost, "measure", lambda cfgs: pytest.fail("measured again"))
+    assert cost._cached(key) == first                          # from the file: equal Forecast, StepCost
+    assert cost._cached(key)[1].counts == first[1].counts
+    files[0].write_text("{not json")
+    cost._cached.cache_clear()
+    monkeypatch.setattr(cost, "measure", lambda cfgs: first)
+    assert cost._cached(key) == first and files[0].read_text().startswith('{"forecast"')
+    monkeypatch.setenv(cost.CACHE_ENV, "off")
+    assert cost.cache_dir() is None

@@ -72,3 +72,59 @@ def test_an_odd_run_is_left_out_of_the_tables_with_a_note(tmp_path):
     import pandas as pd
     row = pd.read_csv(tmp_path / "out" / "table1.csv").query("n > 0")
     assert list(row["ours_mean"]) == [30.0] and list(row["n"]) == [1]
+
+
+def _refuse_writes_under(monkeypatch, folder, code):
+    """Every os.open of a path under `folder` fails with `code`, as on a read-only mount
+    (EROFS) or a full disk (ENOSPC): root ignores file modes, so the test injects the error."""
+    import os
+
+    real = os.open
+
+    def fake(path, flags, *args, **kwargs):
+        if str(path).startswith(str(folder)) and flags & (os.O_WRONLY | os.O_RDWR):
+            raise OSError(code, os.strerror(code), str(path))
+        return real(path, flags, *args, **kwargs)
+    monkeypatch.setattr(os, "open", fake)
+
+
+@pytest.mark.parametrize("code, what", [("EROFS", "Read-only file system"), ("ENOSPC", "No space left on device")])
+@pytest.mark.parametrize("exists", [True, False])
+def test_an_unwritable_tracking_store_is_caught_before_launch(tmp_path, capsys, monkeypatch, code, what, exists):
+    """A SQLite store on a read-only or full filesystem (one that exists, or one still to
+    be made in a folder not there yet) is one line and exit 2 from the pre-launch check,
+    before Ray starts or a run exists; the storage folder on another disk is fine."""
+    import errno
+
+    from orchestrator.run import driver, tracking
+
+    (tmp_path / "full").mkdir()
+    store = tmp_path / "full" / ("mlflow.db" if exists else "new/mlflow.db")
+    uri = f"sqlite:///{store}"
+    if exists:
+        tracking.ensure_store(uri)
+    sweep = write_sweep(tmp_path / "s.yaml", "edges", {"width": [16]}, storage_path=str(tmp_path / "ckpt"))
+    monkeypatch.setattr(driver, "start_ray", lambda address: pytest.fail("Ray started"))
+    _refuse_writes_under(monkeypatch, tmp_path / "full", getattr(errno, code))
+    rc = main(["run", str(sweep), "--tracking-uri", uri])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2, err
+    assert err[-1].startswith(f"error: tracking store {uri}: cannot write {tmp_path / 'full'}") \
+        and f"({what})" in err[-1], err
+    assert "pass --tracking-uri" in err[-1] and (("free space there" in err[-1]) == (code == "ENOSPC"))
+    assert not (tmp_path / "ckpt").exists()
+
+
+def test_a_full_storage_disk_is_caught_before_launch(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from orchestrator.run import driver
+
+    sweep = write_sweep(tmp_path / "s.yaml", "edges", {"width": [16]}, storage_path=str(tmp_path / "ckpt"))
+    monkeypatch.setattr(driver, "start_ray", lambda address: pytest.fail("Ray started"))
+    _refuse_writes_under(monkeypatch, tmp_path, errno.ENOSPC)
+    rc = main(["run", str(sweep), "--tracking-uri", f"sqlite:///{tmp_path / 'elsewhere.db'}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err[-1] == (f"error: storage {tmp_path / 'ckpt'}: cannot write in {tmp_path} (No space "
+                                   f"left on device); pass --storage (or storage_path:) a folder every "
+                                   f"node can write, or free space there"), err

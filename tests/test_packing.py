@@ -175,3 +175,25 @@ def test_groups_form_from_trials_that_may_share_one_and_balance_their_sizes():
     assert [len(g) for g in fuse_groups(trials, fuse=1)] == [1] * 20
     # 8 devices: the 18 split further (the class with most work per group), never the lone ones
     assert sorted(len(g) for g in fuse_groups(trials, fuse=8, at_once=8)) == [1, 1, 3, 3, 3, 3, 3, 3]
+
+
+def test_a_resumed_trial_keeps_the_group_it_trained_in():
+    """Float32 rounding depends on a group's members, so a resume that regrouped them would
+    change their numbers: trials that trained some epochs go back into their recorded group
+    (in its order, less those that finished), the trials not started are grouped anew."""
+    from orchestrator.run.plan import plan_groups
+    from orchestrator.run.tracking import RunState
+
+    trials = [trial(f"b5-{i}", batch_size=5, seed=i, width=(32, 16)[i % 2]) for i in range(8)]
+    first = ("b5-5", "b5-0", "b5-3", "b5-6")                  # as the first run grouped them
+    states = {t.key: RunState(t.name, "KILLED", 2, {}, first) for t in trials if t.name in first}
+    states[trials[3].key].status = "FINISHED"                 # b5-3 finished since: not to run
+    states[trials[7].key] = RunState("b5-7", "KILLED", 0, {}, ("b5-7", "b5-1"))   # never trained
+    todo = [t for t in trials if t.name != "b5-3"]
+    groups = plan_groups(todo, states, fuse=8)
+    assert [[t.name for t in g] for g in groups] == [["b5-1", "b5-2", "b5-4", "b5-7"], ["b5-5", "b5-0", "b5-6"]]
+    assert [len(g) for g in fuse_groups(todo, fuse=8)] == [7]     # what forming anew would do
+    # two devices: the kept group counts as one of them, the fresh trials fill the other
+    assert [len(g) for g in plan_groups(todo, states, fuse=8, at_once=2)] == [4, 3]
+    assert [len(g) for g in plan_groups(todo, states, fuse=8, at_once=3)] == [2, 2, 3]
+    assert plan_groups(todo, {}, fuse=8) == fuse_groups(todo, fuse=8)

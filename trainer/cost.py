@@ -20,10 +20,13 @@ for a convolution's weight gradient ignores them, which counts a fused group of 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import hashlib
 import json
 import math
+import os
+import pathlib
 from dataclasses import dataclass, field
 
 import torch
@@ -211,12 +214,58 @@ def shape_id(configs: list[dict]) -> str:
 
 def cost_configs(configs: list[dict]):
     """`measure` of these trial configs (dicts): (Forecast, StepCost), cached by what sets
-    them, so one fake run per distinct group gives its memory, ops and FLOPs."""
+    them, so one fake run per distinct group gives its memory, ops and FLOPs: in this
+    process, and on disk (cache_dir) for the next `plan` or `run` of the same code."""
     return _cached(cost_key(configs))
+
+
+CACHE_ENV = "MANIFOLD_SWEEPS_CACHE"   # a folder for the measured costs; "off": none
+
+
+def cache_dir() -> pathlib.Path | None:
+    """$MANIFOLD_SWEEPS_CACHE, else $XDG_CACHE_HOME/manifold-sweeps/costs (~/.cache/...)."""
+    root = os.environ.get(CACHE_ENV)
+    if root == "off":
+        return None
+    if root:
+        return pathlib.Path(root)
+    return pathlib.Path(os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache") / "manifold-sweeps" / "costs"
+
+
+@functools.lru_cache(maxsize=1)
+def code_digest() -> str:
+    """What a measured cost depends on besides the configs: the trainer's code and torch."""
+    h = hashlib.sha256(torch.__version__.encode())
+    for path in sorted(pathlib.Path(__file__).parent.glob("*.py")):
+        h.update(path.name.encode() + path.read_bytes())
+    return h.hexdigest()[:12]
 
 
 @functools.lru_cache(maxsize=None)
 def _cached(key: tuple[str, ...]):
+    """A fake run takes ~1-10 s (an 18-member group ~10 s): a 540-trial sweep's few distinct
+    group shapes are measured once per machine and code version. A cache file that cannot
+    be read is measured again; one that cannot be written is skipped."""
     from .config import Config
+    from .forecast import Forecast
 
-    return measure([Config.from_dict(json.loads(k)) for k in key])
+    folder = cache_dir()
+    path = None if folder is None else \
+        folder / f"{hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]}-{code_digest()}.json"
+    if path is not None and path.is_file():
+        try:
+            saved = json.loads(path.read_text())
+            return Forecast(**saved["forecast"]), StepCost(**saved["cost"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    forecast, cost = measure([Config.from_dict(json.loads(k)) for k in key])
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}")
+            tmp.write_text(json.dumps({"forecast": dataclasses.asdict(forecast),
+                                       "cost": {**dataclasses.asdict(cost), "counts": dict(cost.counts)}}))
+            os.replace(tmp, path)
+        except OSError:
+            pass
+    return forecast, cost

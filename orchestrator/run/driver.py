@@ -155,7 +155,8 @@ def run_group(job: Job) -> None:
             continue
         others = [n for n in names if n != m.name]
         logger.start({**job.tags, **where_am_i(), **job.placement_tags(),
-                      "fused_with": ",".join(others) or "none", "fused_group_size": len(job.members)})
+                      "fused_with": ",".join(others) or "none", "fused_group_size": len(job.members),
+                      tracking.GROUP_TAG: ",".join(names)})
         loggers[m.name] = logger
         members.append(m)
     if not members:

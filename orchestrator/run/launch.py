@@ -12,6 +12,7 @@ marked KILLED, the command to resume is printed, and `run` exits 130.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import signal
@@ -25,7 +26,7 @@ from trainer.errors import TrialError
 from . import costs, driver, packing, provenance, tracking
 from .lease import Lease, alive
 from .packing import Devices, devices, pack
-from .plan import fuse_groups, group_forecast, group_name, group_shape, sizing_forecast
+from .plan import group_forecast, group_name, group_shape, plan_groups, sizing_forecast
 from .sweep import Sweep, SweepError, Trial, expand
 
 # A sweep forecast (orchestrator/run/costs.py) to take longer than this on a CPU-only
@@ -65,7 +66,7 @@ def make_plan(sweep: Sweep, uri: str, nodes: list) -> RunPlan:
     trials = expand(sweep)
     todo = [t for t in trials if t.key not in states or states[t.key].status != "FINISHED"]
     at_once = devices(nodes, sweep.resources, sweep.max_concurrent)
-    return RunPlan(sweep, uri, trials, states, fuse_groups(todo, sweep.fuse, at_once.count), at_once,
+    return RunPlan(sweep, uri, trials, states, plan_groups(todo, states, sweep.fuse, at_once.count), at_once,
                    tracking.measured_peaks(uri) if todo else {})
 
 
@@ -79,27 +80,62 @@ def local_nodes(gpus: int | None = None) -> list:
 
 
 def preflight(plan: RunPlan, storage: Path) -> None:
-    """What would otherwise fail inside every trial, checked once, before Ray starts: the
-    storage folder can be written, and the CIFAR files the trials read are whole."""
+    """What would otherwise fail inside every trial, checked once, within seconds, before
+    Ray starts: the storage folder and a local tracking store can be written (a full disk
+    or a read-only mount is caught here, not after the first epoch), and the CIFAR files
+    the trials read are whole. A tracking server was asked for /health by `plan`."""
     from trainer.cifar import check_cifar
 
     blocking = next((p for p in (storage, *storage.parents) if p.exists() and not p.is_dir()), None)
     if blocking is not None:
         raise SweepError(f"storage {storage}: {blocking} is a file, not a folder; pass --storage "
                          f"(or storage_path:) a folder every node can write")
-    probe_dir = next(p for p in (storage, *storage.parents) if p.exists())
-    try:
-        with tempfile.TemporaryFile(dir=probe_dir):
-            pass
-    except OSError as err:
-        raise SweepError(f"storage {storage}: cannot write in {probe_dir} ({err.strerror}); pass "
-                         f"--storage (or storage_path:) a folder every node can write") from None
+    err = write_probe(storage)
+    if err is not None:
+        raise SweepError(f"storage {storage}: cannot write in {err.filename} ({err.strerror}); "
+                         f"pass --storage (or storage_path:) a folder every node can write"
+                         + (", or free space there" if err.errno == errno.ENOSPC else ""))
+    store = tracking.local_store(plan.uri)
+    if store is not None:
+        folder = store.parent if plan.uri.startswith("sqlite:") else store   # else a file store
+        err = write_probe(folder) or (_open_for_writing(store) if store.is_file() else None)
+        if err is not None:
+            raise tracking.StoreUnreachable(
+                f"tracking store {plan.uri}: cannot write {err.filename} ({err.strerror}); "
+                + ("free space there, or " if err.errno == errno.ENOSPC else "")
+                + "pass --tracking-uri (or set MLFLOW_TRACKING_URI) to a store this machine can write")
     for dataset, data_dir in sorted({(t.config["dataset"], t.config["data_dir"]) for t in plan.todo}):
         if dataset != "synthetic":
             try:
                 check_cifar(dataset, Path(data_dir).resolve())
             except TrialError as err:
                 raise SweepError(str(err)) from None
+
+
+PROBE_BYTES = 4096     # a block: a full disk refuses it (an empty file would still be made)
+
+
+def write_probe(folder: Path) -> OSError | None:
+    """Whether a block can be written and synced in `folder` (or, if it does not exist yet,
+    the nearest folder above it, where it would be made): None, or the error, whose
+    filename is the folder."""
+    folder = next(p for p in (folder, *folder.parents) if p.exists())
+    try:
+        with tempfile.TemporaryFile(dir=folder) as f:
+            f.write(b"\0" * PROBE_BYTES)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as err:
+        return OSError(err.errno, err.strerror, str(folder))
+    return None
+
+
+def _open_for_writing(path: Path) -> OSError | None:
+    try:
+        os.close(os.open(path, os.O_RDWR))
+    except OSError as err:
+        return OSError(err.errno, err.strerror, str(path))
+    return None
 
 
 def launch(plan: RunPlan, storage: Path, options: Options) -> int:

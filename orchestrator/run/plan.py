@@ -2,9 +2,12 @@
 
 Pure functions of the trials, shared by `run`, `plan` and the tests. A group is trials
 that agree on every config field that fixes shapes or the optimizer (trainer/config.py:
-all but PER_MEMBER), at most `fuse` of them; groups are formed anew by every `run` over
-the trials still to run, so a grown grid's new trials may join a group or run alone, and
-each member resumes from its own checkpoint whatever its group was before.
+all but PER_MEMBER), at most `fuse` of them. A trial that has trained part of its
+epochs resumes in the group it trained in (the run's `fused_group` tag), less the
+members that finished since: float32 rounding depends on a group's composition, and
+training at batch 5 grows a rounding difference into a different result, so regrouping
+would change a resumed trial's numbers. The trials that have not started are grouped
+anew by every `run`, so a grown grid's new trials form groups of their own.
 """
 from __future__ import annotations
 
@@ -57,6 +60,27 @@ def fuse_groups(trials: list[Trial], fuse: int, at_once: int = 1) -> list[list[T
     groups = [g for key, members in classes.items() for g in _deal(members, counts[key])]
     order = {t.key: i for i, t in enumerate(trials)}
     return sorted(groups + alone, key=lambda g: order[g[0].key])
+
+
+def plan_groups(todo: list[Trial], states: dict, fuse: int, at_once: int = 1) -> list[list[Trial]]:
+    """The groups `run` trains: each trial that trained some epochs in a recorded group
+    (states: trial_key -> tracking.RunState) with the others of that group still to run,
+    in the recorded order; the rest in groups formed anew (fuse_groups). All in sweep order
+    of each group's first member."""
+    by_name = {t.name: t for t in todo}
+    kept: dict[tuple, list[Trial]] = {}
+    fresh = []
+    for t in todo:
+        s = states.get(t.key)
+        if s is not None and s.last_epoch > 0 and t.name in s.group:
+            kept.setdefault(s.group, []).append(t)
+        else:
+            fresh.append(t)
+    groups = [[by_name[n] for n in recorded if by_name.get(n) in members]
+              for recorded, members in kept.items()]
+    order = {t.key: i for i, t in enumerate(todo)}
+    return sorted(groups + fuse_groups(fresh, fuse, max(1, at_once - len(groups))),
+                  key=lambda g: order[g[0].key])
 
 
 def member_kind(t: Trial) -> tuple:

@@ -163,12 +163,16 @@ def check_store(uri: str, timeout: float = 5.0) -> bool:
     return True     # another database (postgresql://, ...): its first query tells
 
 
+GROUP_TAG = "fused_group"             # its group's member names, in order (a resume keeps it)
+
+
 @dataclass
 class RunState:
     run_id: str
     status: str        # RUNNING | FINISHED | FAILED | KILLED | SCHEDULED
     last_epoch: int    # last epoch logged (0 = none)
     metrics: dict      # latest value of each metric
+    group: tuple = ()  # the member names of the fused group it last trained in (GROUP_TAG)
 
 
 def client(uri: str) -> MlflowClient:
@@ -242,7 +246,8 @@ def runs_by_key(uri: str, experiment_name: str) -> dict[str, RunState]:
             key = run.data.tags.get("trial_key")
             if key:
                 last = int(run.data.metrics.get("last_epoch", 0))
-                out[key] = RunState(run.info.run_id, run.info.status, last, run.data.metrics)
+                group = tuple(filter(None, run.data.tags.get(GROUP_TAG, "").split(",")))
+                out[key] = RunState(run.info.run_id, run.info.status, last, run.data.metrics, group)
         token = page.token
         if not token:
             return out
