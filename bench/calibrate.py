@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from trainer import calibration  # noqa: E402
 from trainer.config import Config  # noqa: E402
-from trainer.cost import cost_configs  # noqa: E402
+from trainer.estimates import cost_configs  # noqa: E402
 from trainer.data import group_batch  # noqa: E402
 from trainer.forecast import step_objects  # noqa: E402
 

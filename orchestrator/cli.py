@@ -3,7 +3,7 @@
 Each command is a thin layer over orchestrator/run/ (running a sweep) or
 orchestrator/results/ (building its tables). Every set-up error is one `error:` line and
 exit code 2, before Ray starts and before anything is written; a sweep stopped by Ctrl-C
-or SIGTERM exits 130.
+or SIGTERM exits 130, one stopped by a full disk 3, one with unfinished trials 1.
 """
 from __future__ import annotations
 
@@ -79,6 +79,7 @@ def cmd_run(args) -> int:
     print(f"sweep {plan.sweep.name} ({plan.sweep.path}): {len(plan.trials)} trials: "
           f"{len(counts['new'])} new, {len(counts['resuming'])} resuming, "
           f"{len(counts['finished'])} finished (skipped)")
+    _say_superseded(plan)
     if plan.todo:
         steps = sorted({steps_per_trial(t.config) for t in plan.todo})
         print(f"steps per trial: {', '.join(f'{s:,}' for s in steps)}; {len(plan.groups)} "
@@ -102,7 +103,7 @@ def cmd_run(args) -> int:
     launch.preflight(plan, storage)
     code = launch.launch(plan, storage, launch.Options(args.address, args.gpu_memory, args.yes,
                                                        _resume_command(args)))
-    if code in (2, launch.INTERRUPTED):
+    if code in (2, launch.INTERRUPTED, launch.NO_SPACE):
         return code
     tables = build_tables_step(plan.sweep, plan.uri)
     return code or tables
@@ -159,6 +160,13 @@ def _states(plan) -> dict[str, str]:
     return out
 
 
+def _say_superseded(plan) -> None:
+    from .run.plan import superseded, superseded_lines
+
+    for line in superseded_lines(superseded(plan.trials, plan.states)):
+        print(line)
+
+
 def groups_at_once(plan) -> str:
     """How many of the plan's groups run at the same time, and why."""
     n = min(plan.at_once.count, len(plan.groups))
@@ -183,6 +191,7 @@ def cmd_plan(args) -> int:
         group = f"g{group_of[t.key]}" if t.key in group_of else "-"
         print(f"{t.name:<28} {t.key:<13} {states[t.key]:<11} {epoch:>9} "
               f"{steps_per_trial(t.config):>12,} {group:>6}")
+    _say_superseded(plan)
     if not plan.groups:
         return 0
     gpus = costs.local_gpus() if args.gpus is None else args.gpus
@@ -215,6 +224,7 @@ def cmd_status(args) -> int:
           + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
     if lines:
         print("\n".join(lines))
+    _say_superseded(plan)
     if counts.get("interrupted"):
         print(f"interrupted: their driver is gone; `python -m orchestrator run {args.sweep}` resumes them")
     return 0

@@ -6,21 +6,23 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
+import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from e2e import ROOT, cli, write_sweep
+from e2e import ROOT, cli, finish, write_sweep
 from trainer import calibration
 from trainer.calibration import GroupTime, Rates, evaluated_epochs, group_time, makespan, step_seconds
 from trainer.config import Config
-from trainer.cost import NO_COST, OpCounter, StepCost, StepCounter, cost_key, measure
+from trainer.cost import OpCounter, StepCounter, measure
 from trainer.data import group_batch
+from trainer.estimates import NO_COST, StepCost, cost_key
 from trainer.forecast import step_objects
 
 torch.set_num_threads(1)
@@ -255,23 +257,43 @@ def test_plan_shows_a_peak_measured_before_beside_the_forecast_and_sizes_the_sha
 def test_a_measured_cost_is_kept_on_disk_and_read_back(tmp_path, monkeypatch):
     """The next process reads a group's cost instead of measuring it again; a damaged
     file is measured again and rewritten; another trainer code version is another file."""
-    from trainer import cost
+    from trainer import cost, estimates
 
-    monkeypatch.setenv(cost.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(estimates.CACHE_ENV, str(tmp_path))
     config = Config.from_dict(dict(dataset="synthetic", width=4, batch_size=4, vgg_width_divisor=16,
                                    train_samples=64, test_samples=32, regularizer=True)).to_dict()
-    key = cost.cost_key([config])
-    cost._cached.cache_clear()
-    first = cost._cached(key)
-    files = list(tmp_path.glob(f"*-{cost.code_digest()}.json"))
+    key = estimates.cost_key([config])
+    estimates._cached.cache_clear()
+    first = estimates._cached(key)
+    files = list(tmp_path.glob(f"*-{estimates.code_digest()}.json"))
     assert len(files) == 1
-    cost._cached.cache_clear()
+    estimates._cached.cache_clear()
     monkeypatch.setattr(cost, "measure", lambda cfgs: pytest.fail("measured again"))
-    assert cost._cached(key) == first                          # from the file: equal Forecast, StepCost
-    assert cost._cached(key)[1].counts == first[1].counts
+    assert estimates._cached(key) == first                          # from the file: equal Forecast, StepCost
+    assert estimates._cached(key)[1].counts == first[1].counts
     files[0].write_text("{not json")
-    cost._cached.cache_clear()
+    estimates._cached.cache_clear()
     monkeypatch.setattr(cost, "measure", lambda cfgs: first)
-    assert cost._cached(key) == first and files[0].read_text().startswith('{"forecast"')
-    monkeypatch.setenv(cost.CACHE_ENV, "off")
-    assert cost.cache_dir() is None
+    assert estimates._cached(key) == first and files[0].read_text().startswith('{"forecast"')
+    monkeypatch.setenv(estimates.CACHE_ENV, "off")
+    assert estimates.cache_dir() is None
+
+
+def test_plan_of_measured_shapes_imports_no_torch(tmp_path):
+    """Once a sweep's group shapes are measured (the disk cache), `plan` reads their costs
+    and starts neither torch (~2 s to import) nor Ray: what makes it seconds on 540 trials."""
+    write_sweep(tmp_path / "s.yaml", "notorch", {"width": [8, 16], "regularizer": [True, False]})
+    env = {"MANIFOLD_SWEEPS_CACHE": str(tmp_path / "costs")}
+    first = finish(cli(tmp_path, "plan", "s.yaml", env=env))
+    assert list((tmp_path / "costs").glob("*.json"))          # measured once, kept
+    probe = ("import runpy, sys\nsys.argv = ['orchestrator', 'plan', 's.yaml']\n"
+             "try:\n    runpy.run_module('orchestrator', run_name='__main__')\n"
+             "except SystemExit as e:\n    assert not e.code, e.code\n"
+             "print('imported:', sorted(m for m in ('torch', 'ray', 'trainer.cost', 'trainer.forecast')"
+             " if m in sys.modules))\n")
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), **env}, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "imported: []"
+    total = [line for line in first.splitlines() if line.startswith("total:")]
+    assert total and total[0] in proc.stdout.splitlines()     # the same forecast, from the cache

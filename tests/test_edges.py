@@ -128,3 +128,31 @@ def test_a_full_storage_disk_is_caught_before_launch(tmp_path, capsys, monkeypat
     assert rc == 2 and err[-1] == (f"error: storage {tmp_path / 'ckpt'}: cannot write in {tmp_path} (No space "
                                    f"left on device); pass --storage (or storage_path:) a folder every "
                                    f"node can write, or free space there"), err
+
+
+def test_an_edited_sweep_names_its_superseded_runs_in_plan_and_status(tmp_path, capsys):
+    """Epochs 2 -> 3 in the sweep file makes both trials new (the trial key holds every
+    field that can change a result); `plan` and `status` say which earlier runs that
+    leaves behind and why, rather than only "2 new"."""
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.run import tracking
+    from orchestrator.run.sweep import expand, load_sweep
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sweep = write_sweep(tmp_path / "s.yaml", "edited", {"width": [16, 8]}, storage_path=str(tmp_path / "ckpt"))
+    tracking.ensure_store(uri)
+    c = MlflowClient(uri)
+    exp = c.create_experiment("edited")
+    for t in expand(load_sweep(sweep)):     # the sweep as it was: 2 epochs, both finished
+        rid = tracking.create_run(uri, exp, t, load_sweep(sweep), {}, t.config)
+        c.set_terminated(rid, "FINISHED")
+    write_sweep(tmp_path / "s.yaml", "edited", {"width": [16, 8]}, base={"epochs": 3},
+                storage_path=str(tmp_path / "ckpt"))
+    line = ("superseded: 2 earlier run(s) (their trials changed: epochs 2 -> 3): w16-b6-noreg-s0, w8-b6-noreg-s0; "
+            "kept in MLflow, not resumed, left out of the tables where newer runs of their cell exist")
+    for command in ("plan", "status"):
+        assert main([command, str(sweep), "--tracking-uri", uri]) == 0
+        out = capsys.readouterr().out
+        assert line in out.splitlines(), out
+    assert "2 trials: 2 pending" in out

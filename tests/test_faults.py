@@ -315,3 +315,33 @@ def test_a_group_that_runs_out_of_memory_at_every_packing_fails_with_the_line(tm
             assert steps(uri, r.info.run_id) == []                      # it never finished an epoch
         else:
             assert r.info.status == "FINISHED" and steps(uri, r.info.run_id) == [1, 2]
+
+
+def test_a_full_storage_disk_stops_the_sweep_with_one_line_and_resumes(tmp_path, uri):
+    """ENOSPC (injected: trainer/faults.py) at every epoch-2 checkpoint of two groups that
+    run at once: no attempt is retried, the sweep stops, and `run` exits 3 with one line
+    naming the file and "no space left" and the command to resume; the runs are FAILED
+    with that line. With space again, `run` resumes each from its epoch-1 checkpoint."""
+    sweep = write_sweep(tmp_path / "s.yaml", "full", {"regularizer": [False, True]},
+                        base={"epochs": 3}, resources={"cpu": 1})
+    proc = cli(tmp_path, "run", str(sweep), "--tracking-uri", uri,
+               env={"TRAINER_INJECT_ENOSPC": "epoch=2"})
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 3, out
+    said = [line for line in out.splitlines() if "no space left" in line.lower()]
+    assert len(said) == 1 and said[0].startswith("error: no space left on device: "), out
+    storage = tmp_path / "ray_results"
+    assert f"checkpoint.pt.tmp (in the storage folder {storage})" in said[0]
+    assert "0 of 2 trials finished, 2 not (their runs are FAILED with this error)" in said[0]
+    assert f"python -m orchestrator run {sweep} --tracking-uri {uri}" in out.split(said[0])[1]
+    assert out.count(" started") == 2 and not driver_traceback(out), out   # one attempt per group
+    for r in runs(uri, "full"):        # each group met the full disk at its own file
+        assert r.info.status == "FAILED" and r.data.tags["error"] == (
+            f"no space left on device: {storage / 'full' / r.data.tags['trial_key'] / 'checkpoint.pt.tmp'} "
+            f"(in the storage folder {storage})")
+        assert steps(uri, r.info.run_id) == [1]
+    assert not list(storage.glob("full/*/checkpoint.pt.tmp"))          # the partial file is gone
+    out = finish(cli(tmp_path, "run", str(sweep), "--tracking-uri", uri), timeout=600)
+    for r in runs(uri, "full"):
+        assert r.info.status == "FINISHED" and steps(uri, r.info.run_id) == [1, 2, 3]
+        assert r.data.tags["resumed_from_epoch"] == "1" and "error" not in r.data.tags

@@ -8,7 +8,7 @@ from orchestrator.run.packing import (CUDA_RESERVE, GB, HEADROOM, Node, PackingE
 from orchestrator.run.plan import fuse_groups
 from orchestrator.run.sweep import Trial
 from trainer.config import Config
-from trainer.forecast import Forecast
+from trainer.estimates import Forecast
 
 
 def trial(name: str, **config) -> Trial:

@@ -19,7 +19,7 @@ from orchestrator.run import driver
 from orchestrator.run.packing import GB, Node, pack
 from orchestrator.run.sweep import Trial
 from trainer.config import Config
-from trainer.forecast import Forecast
+from trainer.estimates import Forecast
 
 pytestmark = pytest.mark.slow      # Ray and a Tune run per test: ~30 s on 2 cores
 

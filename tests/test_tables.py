@@ -47,10 +47,41 @@ def test_summarize(name, rows, metric, expected):
     assert (cell.mean, std, cell.n, cell.reason) == expected, name
 
 
-def test_summarize_flags_pooled_runs_that_differ():
-    cell = cells.summarize(frame(fake_run(1, metrics=acc(80)), fake_run(2, seed=1, lr=0.1, metrics=acc(82))),
-                            "test_accuracy", width=32)
-    assert cell.mixed == ("lr",)
+def test_an_edited_sweep_is_never_pooled_the_newest_configuration_is_the_cell():
+    # Three seeds at 3 epochs, then the sweep grew to 5 epochs: two new seeds finished, one runs.
+    old = [fake_run(i, seed=i, epochs=3, metrics=acc(50 + i)) for i in range(3)]
+    new = [fake_run(10 + i, seed=i, epochs=5, metrics=acc(70 + 2 * i)) for i in range(2)]
+    running = fake_run(12, seed=2, epochs=5, status="RUNNING")
+    cell = cells.summarize(frame(*old, *new, running), "test_accuracy", width=32)
+    assert (cell.mean, cell.n, cell.reason) == (71.0, 2, "1 running")
+    assert cell.runs == ("run10", "run11")
+    assert sorted(cell.superseded) == [("run0", "epochs 3 -> 5"), ("run1", "epochs 3 -> 5"),
+                                       ("run2", "epochs 3 -> 5")]
+
+
+def test_a_newer_configuration_that_has_only_started_still_replaces_the_old_one():
+    # The cell waits for the edited sweep's runs rather than showing the old configuration.
+    runs = frame(fake_run(1, lr=0.01, metrics=acc(80)), fake_run(2, lr=0.1, status="RUNNING"))
+    cell = cells.summarize(runs, "test_accuracy", width=32)
+    assert (cell.mean, cell.n, cell.reason, cell.superseded) == (None, 0, "running",
+                                                                (("run1", "lr 0.01 -> 0.1"),))
+
+
+def test_seeds_of_one_configuration_supersede_nothing():
+    cell = cells.summarize(frame(fake_run(1, metrics=acc(80)), fake_run(2, seed=1, metrics=acc(82))),
+                           "test_accuracy", width=32)
+    assert (cell.n, cell.superseded) == (2, ())
+
+
+def test_tables_note_and_report_list_the_superseded_runs():
+    runs = frame(fake_run(1, epochs=3, metrics=acc(50)), fake_run(2, epochs=5, metrics=acc(80)),
+                 fake_run(3, epochs=5, seed=1, metrics=acc(84)))
+    table = tables.table_cifar10(runs, PAPER, "table1")
+    assert table.rows[0].ours[0].n == 2 and table.rows[0].ours[0].mean == 82.0
+    assert ("1 run(s) of an older configuration left out (epochs 3 -> 5): each cell uses its "
+            "newest; report.md lists them") in table.notes
+    from orchestrator.results import report
+    assert report.superseded_lines({"table1": table}, runs)[2:] == ["- run1 (run run1): epochs 3 -> 5"]
 
 
 TABLE1_MD = """\

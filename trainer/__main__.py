@@ -178,7 +178,7 @@ def cost(argv: list[str]) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     from .calibration import group_time, rates  # torch import after argument errors
-    from .cost import cost_configs
+    from .estimates import cost_configs
 
     _, c = cost_configs([cfg.to_dict() for cfg in cfgs])
     t = group_time(cfgs, c, rates("cuda"))

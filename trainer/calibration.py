@@ -102,7 +102,7 @@ def evaluated_epochs(epochs: int, eval_every: int, done: int = 0) -> int:
 def group_time(cfgs: list, cost, r: Rates, epochs_done: int = 0, threads: int = 1) -> GroupTime:
     """The time the group's remaining epochs take (from `epochs_done` on), alone on one
     device of kind r.kind: steps x step_seconds, plus each evaluation's chunks."""
-    from .train import eval_chunk_size
+    from .estimates import eval_chunk_size
 
     cfg = cfgs[0]
     compiled = cfg.compile != "off"

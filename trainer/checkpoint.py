@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from . import faults
 from .config import RESUMABLE, Config
 from .errors import CorruptCheckpoint, ResumeMismatch
 
@@ -39,8 +40,19 @@ def save(folder: Path, epoch: int, cfg: Config, model: dict, momentum: dict, his
     A crash at any point leaves at least one complete checkpoint of the two."""
     folder.mkdir(parents=True, exist_ok=True)
     path, prev, tmp = folder / CHECKPOINT, folder / PREVIOUS, folder / (CHECKPOINT + ".tmp")
-    torch.save({"format": FORMAT, "epoch": epoch, "config": cfg.to_dict(), "model": model,
-                "momentum": momentum, "history": history}, tmp)
+    state = {"format": FORMAT, "epoch": epoch, "config": cfg.to_dict(), "model": model,
+             "momentum": momentum, "history": history}
+    try:
+        # Through a Python file, so a full disk is OSError(ENOSPC) naming the file (torch's
+        # own writer says only "unexpected pos 64 vs 0"); synced, so the rename is durable.
+        with open(tmp, "wb") as f:
+            faults.no_space_at(epoch, tmp)          # a test hook: nothing unless asked for
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as err:
+        tmp.unlink(missing_ok=True)                 # give back what the partial file took
+        raise OSError(err.errno, err.strerror, str(tmp)) from err
     if path.exists():
         os.replace(path, prev)
     os.replace(tmp, path)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import typing
 from dataclasses import dataclass, field
 
@@ -44,11 +45,19 @@ def knob(default, help: str, role: str = "experiment", per_member: bool = False,
          resumable: bool = False):
     """A Config field with its meaning (`help`, shown by `python -m trainer --help`) and
     its rules (see the module docstring). `resumable`: an experiment field that may still
-    change on resume (epochs: a finished run can be extended)."""
+    change on resume (epochs: the trainer extends a finished checkpoint; a sweep, whose
+    trial key holds epochs, runs another epochs as a new trial and names the old runs as
+    superseded: orchestrator/run/plan.py)."""
     assert role in ROLES, role
     return field(default=default, metadata=dict(help=help, role=role, per_member=per_member,
                                                 resumable=resumable or role == "execution"))
 
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, not the machine's count): what
+    `threads: 0` means."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 @dataclass
 class Config:

@@ -10,7 +10,7 @@ exact and deterministic on fake tensors. trainer/calibration.py turns counts int
         group.step(x, y)
     ops.total, ops.counts.most_common(5)
     memory, cost = measure(cfgs)                    # one fake run: Forecast, StepCost
-    cost_configs([cfg dicts])                       # the same, cached per group shape
+    estimates.cost_configs([cfg dicts])             # the same, cached per group shape
 
 FLOPs are those of matmuls and convolutions (2 per multiply-add), as torch's
 flop_counter counts them, except that convolutions count their `groups`: torch's formula
@@ -20,19 +20,14 @@ for a convolution's weight gradient ignores them, which counts a fused group of 
 from __future__ import annotations
 
 import collections
-import dataclasses
-import functools
-import hashlib
-import json
 import math
-import os
-import pathlib
-from dataclasses import dataclass, field
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
+
+from .estimates import Forecast, StepCost, eval_chunk_size
 
 PHASES = ("batch", "forward", "backward", "optimizer")     # one training step, in order
 
@@ -123,42 +118,14 @@ class StepCounter(TorchDispatchMode):
         return out
 
 
-@dataclass(frozen=True)
-class StepCost:
-    """One steady-state training step of a group (ops and FLOPs per phase) and one chunk of
-    its evaluation pass (eval mode, `eval_images` images, all members at once)."""
-    ops: dict                            # phase -> dispatched ops (PHASES)
-    flops: dict                          # phase -> FLOPs
-    eval_ops: int                        # one evaluation chunk
-    eval_flops: int
-    eval_images: int                     # images in that chunk
-    members: int = 1
-    counts: dict = field(default_factory=dict, compare=False)   # op name -> count, the step
-
-    @property
-    def ops_per_step(self) -> int:
-        return sum(self.ops.values())
-
-    @property
-    def flops_per_step(self) -> int:
-        return sum(self.flops.values())
-
-    def as_dict(self) -> dict:
-        return {"members": self.members, "ops_per_step": self.ops_per_step, "ops": dict(self.ops),
-                "gflop_per_step": self.flops_per_step / 1e9,
-                "gflop": {k: v / 1e9 for k, v in self.flops.items()},
-                "eval_chunk": {"images": self.eval_images, "ops": self.eval_ops,
-                               "gflop": self.eval_flops / 1e9}}
-
-
 def measure(cfgs: list, steps: int = 2):
     """One fake run of the trainer's step for these trials as one group: (the memory
     Forecast of step `steps`, its StepCost). Steps before the last create what the steady
     state has (momentum buffers); the last is counted. The ops are the same on any device
     (SGD is foreach everywhere: trainer/group.py)."""
     from .data import group_batch, resident_bytes
-    from .forecast import AllocationCounter, Forecast, step_objects
-    from .train import eval_chunk, eval_chunk_size
+    from .forecast import AllocationCounter, step_objects
+    from .train import eval_chunk
 
     cfg = cfgs[0]
     dtype = getattr(torch, cfg.dtype)
@@ -190,82 +157,3 @@ def measure(cfgs: list, steps: int = 2):
             correct += eval_chunk(group, data, data.test_x[:chunk], data.test_y[:chunk])
     return forecast, StepCost({p: ops.get(p, 0) for p in PHASES}, {p: flops.get(p, 0) for p in PHASES},
                               counter.ops["eval"], counter.flops["eval"], chunk, group.n)
-
-
-# Config fields that change no op, no FLOP and no byte of a step or an evaluation chunk:
-# left out of the cache key. Everything else (regularizer, reg_pairs, alphas, widths,
-# batch, image size, arch, divisor, dtype, momentum, weight decay, ...) is kept, even where
-# it may not matter today: a wrongly shared cost is silent, a second fake run is ~1-10 s.
-NO_COST = {"seed", "epochs", "eval_every", "checkpoint_every", "data_dir", "device", "threads",
-           "compile", "timeline_steps", "representation_analysis", "analysis_samples", "lr"}
-
-
-def cost_key(configs: list[dict]) -> tuple[str, ...]:
-    """What sets a group's cost: its members' configs less NO_COST, in any order."""
-    return tuple(sorted(json.dumps({k: v for k, v in c.items() if k not in NO_COST}, sort_keys=True)
-                        for c in configs))
-
-
-def shape_id(configs: list[dict]) -> str:
-    """12 hex digits naming a group's shape (its cost_key): groups with the same id have
-    the same forecast, so a peak measured for one holds for the other."""
-    return hashlib.sha256(json.dumps(cost_key(configs)).encode()).hexdigest()[:12]
-
-
-def cost_configs(configs: list[dict]):
-    """`measure` of these trial configs (dicts): (Forecast, StepCost), cached by what sets
-    them, so one fake run per distinct group gives its memory, ops and FLOPs: in this
-    process, and on disk (cache_dir) for the next `plan` or `run` of the same code."""
-    return _cached(cost_key(configs))
-
-
-CACHE_ENV = "MANIFOLD_SWEEPS_CACHE"   # a folder for the measured costs; "off": none
-
-
-def cache_dir() -> pathlib.Path | None:
-    """$MANIFOLD_SWEEPS_CACHE, else $XDG_CACHE_HOME/manifold-sweeps/costs (~/.cache/...)."""
-    root = os.environ.get(CACHE_ENV)
-    if root == "off":
-        return None
-    if root:
-        return pathlib.Path(root)
-    return pathlib.Path(os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache") / "manifold-sweeps" / "costs"
-
-
-@functools.lru_cache(maxsize=1)
-def code_digest() -> str:
-    """What a measured cost depends on besides the configs: the trainer's code and torch."""
-    h = hashlib.sha256(torch.__version__.encode())
-    for path in sorted(pathlib.Path(__file__).parent.glob("*.py")):
-        h.update(path.name.encode() + path.read_bytes())
-    return h.hexdigest()[:12]
-
-
-@functools.lru_cache(maxsize=None)
-def _cached(key: tuple[str, ...]):
-    """A fake run takes ~1-10 s (an 18-member group ~10 s): a 540-trial sweep's few distinct
-    group shapes are measured once per machine and code version. A cache file that cannot
-    be read is measured again; one that cannot be written is skipped."""
-    from .config import Config
-    from .forecast import Forecast
-
-    folder = cache_dir()
-    path = None if folder is None else \
-        folder / f"{hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]}-{code_digest()}.json"
-    if path is not None and path.is_file():
-        try:
-            saved = json.loads(path.read_text())
-            return Forecast(**saved["forecast"]), StepCost(**saved["cost"])
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
-    forecast, cost = measure([Config.from_dict(json.loads(k)) for k in key])
-    if path is not None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}")
-            tmp.write_text(json.dumps({"forecast": dataclasses.asdict(forecast),
-                                       "cost": {**dataclasses.asdict(cost), "counts": dict(cost.counts)}}))
-            os.replace(tmp, path)
-        except OSError:
-            pass
-    return forecast, cost

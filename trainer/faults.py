@@ -8,9 +8,16 @@ raises torch.cuda.OutOfMemoryError at step 3 (1-based) of epoch 2 in every group
 least 3 members (`members`, default 1) one of whose members has each other key=value of
 its config (here batch_size 5). `epoch` and `step` default to 1. A group that is re-packed
 smaller than `members` no longer hits it, as a group that fits its new share would not.
+
+    TRAINER_INJECT_ENOSPC="epoch=2"
+
+makes every checkpoint of epoch 2 fail as on a full disk (OSError ENOSPC, "No space left on
+device", naming the file), so the handling of a full storage disk can be tested without
+filling one.
 """
 from __future__ import annotations
 
+import errno
 import os
 
 import torch
@@ -19,6 +26,7 @@ from .config import TYPES, Config, check_type
 from .errors import ConfigError
 
 ENV = "TRAINER_INJECT_OOM"
+NO_SPACE_ENV = "TRAINER_INJECT_ENOSPC"
 
 
 def injected_oom(cfgs: list[Config]) -> tuple[int, int] | None:
@@ -54,3 +62,16 @@ def _value(text: str):
 def raise_oom(epoch: int, step: int) -> None:
     raise torch.cuda.OutOfMemoryError(
         f"CUDA out of memory (injected by {ENV} at epoch {epoch}, step {step})")
+
+
+def no_space_at(epoch: int, path) -> None:
+    """Raise ENOSPC for `path` if NO_SPACE_ENV asks for it at this epoch (a test hook)."""
+    spec = os.environ.get(NO_SPACE_ENV, "").strip()
+    if not spec:
+        return
+    try:
+        wanted = int(dict(part.split("=", 1) for part in spec.split(",") if "=" in part)["epoch"])
+    except (KeyError, ValueError):
+        raise ConfigError(f"{NO_SPACE_ENV}={spec!r} cannot be read; write e.g. {NO_SPACE_ENV}=epoch=2") from None
+    if epoch == wanted:
+        raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (injected by {NO_SPACE_ENV})", str(path))

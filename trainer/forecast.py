@@ -23,7 +23,6 @@ from __future__ import annotations
 import functools
 import json
 import weakref
-from dataclasses import dataclass
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
@@ -32,8 +31,9 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.weak import WeakIdKeyDictionary
 
 from .config import DATASET_SIZES, Config
+from .estimates import Forecast
 from .data import Data, EpochPlan, epoch_seed, group_batch, resident_bytes
-from .memory import MB, model_bytes
+from .memory import model_bytes
 from .model import build_model
 
 BLOCK = 512          # CUDA's caching allocator hands out multiples of 512 bytes
@@ -73,36 +73,6 @@ class AllocationCounter(TorchDispatchMode):
             if isinstance(t, torch.Tensor):
                 self.track(t)
         return out
-
-
-@dataclass(frozen=True)
-class Forecast:
-    """Bytes of one training step of a trial (or of a fused group) on CUDA."""
-    model: int           # parameters + buffers of the networks (Table 5's bytes, unrounded)
-    data: int            # the dataset kept on the device (uint8 images, int64 labels)
-    peak: int            # the step's peak allocated bytes, model and data included
-    forward_peak: int    # the peak before backward starts (forward pass and regularizer)
-
-    @property
-    def model_mb(self) -> float:
-        return self.model / MB
-
-    @property
-    def peak_mb(self) -> float:
-        return self.peak / MB
-
-    @property
-    def dynamic_peak_mb(self) -> float:
-        """As the trainer measures it: peak minus what stays resident (model and data)."""
-        return (self.peak - self.model - self.data) / MB
-
-    @property
-    def forward_peak_mb(self) -> float:
-        return (self.forward_peak - self.model - self.data) / MB
-
-    def as_dict(self) -> dict:
-        return {"model_mb": self.model_mb, "peak_mb": self.peak_mb,
-                "dynamic_peak_mb": self.dynamic_peak_mb, "forward_peak_mb": self.forward_peak_mb}
 
 
 class CudaAllocator:

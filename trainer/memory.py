@@ -10,7 +10,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-MB = 2 ** 20
+from .estimates import MB
 
 # Table 5 of the paper (bytes, 10 classes): the numbers `python -m trainer memory` compares
 # against. The orchestrator's copy of every published number is orchestrator/results/paper.yaml;

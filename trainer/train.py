@@ -19,15 +19,15 @@ from typing import Callable, Iterator
 import torch
 
 from . import checkpoint, faults
-from .config import PER_MEMBER, Config
+from .config import PER_MEMBER, Config, available_cpus
 from .data import Data, EpochPlan, epoch_seed, group_batch, load_data, resident_bytes, steps_per_epoch
 from .errors import ConfigError, NonFiniteLoss, TrialError
+from .estimates import eval_chunk_size
 from .group import Group
 from .memory import MemoryTimeline, cap_allocator, cuda_peak_metrics, forward_peak_mb, model_bytes
 from .model import build_model
 
 CHECK_EVERY = 100     # steps between loss checks: one host sync per 100 steps on CUDA
-EVAL_BATCH = 1000     # 32x32 images per forward pass when measuring accuracy (eval mode)
 
 
 @dataclass
@@ -61,10 +61,6 @@ class Member:
     @property
     def metrics(self) -> dict:
         return self.history[-1]["metrics"] if self.history else {}
-
-
-def available_cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -285,11 +281,6 @@ def evaluate(group: Group, data: Data) -> dict[int, dict]:
     test_acc = accuracy(group, data, data.test_x, data.test_y)
     return {i: {"train_accuracy": train_acc[i], "test_accuracy": test_acc[i],
                 "generalization_gap": train_acc[i] - test_acc[i]} for i in due}
-
-
-def eval_chunk_size(n: int, image_size: int) -> int:
-    """Images per evaluation forward pass of a group of n: EVAL_BATCH 32x32 images' worth."""
-    return max(1, EVAL_BATCH // (n * (image_size // 32) ** 2))
 
 
 def eval_chunk(group: Group, data: Data, x_uint8: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

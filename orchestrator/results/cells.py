@@ -7,9 +7,12 @@ so tests build it by hand. The paper's tables (tables.py) are made of these:
     runs = reader.load_runs(["table1"], tracking_uri)      # prepared DataFrame
     cell = summarize(runs, "test_accuracy", arch="bottleneck", batch_size=9, width=32)
 
-A cell pools the FINISHED runs of one configuration (usually the seeds): mean ± sample
-std (ddof=1) and n. A cell without a value says why: not run, running, failed, killed,
-or which metric the finished runs lack.
+A cell pools the FINISHED runs of one configuration (its seeds): mean ± sample std
+(ddof=1) and n. Runs that differ in anything but the seed are never pooled: when a cell's
+runs hold several configurations (an edited sweep: epochs 3 -> 5), the newest one (by
+start time) is the cell and the others are `superseded`, listed in the report. A cell
+without a value says why: not run, running, failed, killed, or which metric the finished
+runs lack.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from orchestrator.results.stats import mean_interval
-from trainer.config import DATASET_CLASSES, NOT_EXPERIMENT, TYPES as CONFIG_TYPES, Config
+from trainer.config import DATASET_CLASSES, DEFAULTS, NOT_EXPERIMENT, TYPES as CONFIG_TYPES, Config
 
 # Why a FINISHED run has no value for a metric.
 MISSING_METRIC = {
@@ -100,7 +103,7 @@ class Cell:
     std: float | None = None       # sample std over runs (ddof=1); None when n < 2
     n: int = 0                     # finished runs with the metric
     reason: str = ""               # n == 0: why ("not run", "running", ...); n > 0: "1 running"...
-    mixed: tuple[str, ...] = ()    # config fields that differ between the pooled runs
+    superseded: tuple = ()         # (run_id, "epochs 3 -> 5"): runs of an older configuration left out
     runs: tuple[str, ...] = ()     # run_ids pooled
     source: str = ""               # "": pooled runs; else the code that computes it ("forecast", ...)
 
@@ -134,12 +137,14 @@ def select(runs: pd.DataFrame, **where) -> pd.DataFrame:
 def summarize(runs: pd.DataFrame, metric: str, pooled: tuple[str, ...] = (), **where) -> Cell:
     """Pool the runs matching `where` for `metric` (the last logged value) into a Cell.
 
-    pooled: config fields expected to vary inside the cell (besides the seed) that are
-    therefore not reported as `mixed`.
+    pooled: config fields expected to vary inside the cell (besides the seed); any other
+    field that differs splits the runs, and only the newest configuration is pooled
+    (`newest_configuration`).
     """
     match = select(runs, **where)
     if match.empty:
         return Cell(reason="not run")
+    match, superseded = newest_configuration(match, NOT_EXPERIMENT | set(where) | set(pooled) | {"seed"})
     col = f"metrics.{metric}"
     values = match[col] if col in match else pd.Series(float("nan"), index=match.index)
     ok = (match["status"] == "FINISHED") & values.notna()
@@ -152,12 +157,32 @@ def summarize(runs: pd.DataFrame, metric: str, pooled: tuple[str, ...] = (), **w
     else:
         reason = ", ".join(f"{c} {r}" for r, c in counts.items())
     used = match[ok]
-    skip = NOT_EXPERIMENT | set(where) | set(pooled)
-    mixed = tuple(name for name in CONFIG_TYPES if name not in skip and f"params.{name}" in used
-                  and used[f"params.{name}"].nunique(dropna=False) > 1)
     v = values[ok].astype(float)
     return Cell(mean=float(v.mean()) if n else None, std=float(v.std(ddof=1)) if n >= 2 else None,
-                n=n, reason=reason, mixed=mixed, runs=tuple(used["run_id"]))
+                n=n, reason=reason, superseded=superseded, runs=tuple(used["run_id"]))
+
+
+def newest_configuration(match: pd.DataFrame, skip: set) -> tuple[pd.DataFrame, tuple]:
+    """The runs of `match` (one table cell) of its newest configuration, the config fields
+    outside `skip` (a param a run lacks counts as the field's default), and the others as
+    (run_id, what changed: "epochs 3 -> 5"). The newest is the one whose latest run started
+    last, whatever its status: an edited sweep's cell waits for its new runs."""
+    fields = [f"params.{n}" for n in CONFIG_TYPES if n not in skip and f"params.{n}" in match]
+    if len(match) < 2 or not fields:
+        return match, ()
+    configs = match[fields].astype(object).apply(
+        lambda col: col.where(col.notna(), DEFAULTS[col.name[len("params."):]]).astype(str))
+    ids = configs.agg("\x1f".join, axis=1)
+    if ids.nunique() == 1:
+        return match, ()
+    started = match["start_time"] if "start_time" in match else pd.Series(range(len(match)), index=match.index)
+    newest = started.groupby(ids).max().idxmax()
+    keep = ids == newest
+    current = configs[keep].iloc[0]
+    left = tuple((run_id, ", ".join(f"{f[len('params.'):]} {old[f]} -> {current[f]}"
+                                    for f in fields if old[f] != current[f]))
+                 for run_id, (_, old) in zip(match.loc[~keep, "run_id"], configs[~keep].iterrows()))
+    return match[keep], left
 
 
 @dataclass

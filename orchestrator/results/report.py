@@ -53,6 +53,7 @@ def report_markdown(names: list[str], runs: pd.DataFrame, built: dict[str, Table
              f"git commits {', '.join(c[:10] for c in commits) or 'not tagged'}.",
              f"Paper values: orchestrator/results/paper.yaml. Ours: {METRICS[metric]}.",
              *left_out_lines(left_out),
+             *superseded_lines(built, runs),
              "", "## Claims", "", claims_markdown(claims) if claims else "No claim rests on the built tables.",
              "", "## Tables", ""]
     lines += [render.to_markdown(t) for t in built.values()]
@@ -72,6 +73,21 @@ def left_out_lines(left_out: pd.DataFrame | None) -> list[str]:
     for _, run in left_out.iterrows():
         name = run.get("tags.mlflow.runName") or run["run_id"]
         lines.append(f"- {name} ({run['status']}, run {run['run_id']}): {run['left_out']}")
+    return lines
+
+
+def superseded_lines(built: dict[str, Table], runs: pd.DataFrame) -> list[str]:
+    """One line per run a table cell leaves out for a newer configuration of the same cell
+    (an edited sweep: epochs 3 -> 5; cells.newest_configuration)."""
+    found = {s for t in built.values() for row in t.rows for c in row.ours if c for s in c.superseded}
+    if not found:
+        return []
+    names = runs.set_index("run_id")["tags.mlflow.runName"] if "tags.mlflow.runName" in runs else {}
+    lines = ["", f"Left out of the tables: {len(found)} run(s) of an older configuration of their "
+                 f"cell (the sweep was edited; each cell uses its newest configuration):"]
+    for run_id, change in sorted(found, key=lambda s: (s[1], s[0])):
+        name = names.get(run_id)
+        lines.append(f"- {name if isinstance(name, str) and name else run_id} (run {run_id}): {change}")
     return lines
 
 

@@ -47,7 +47,8 @@ def paper_setup(paper: dict) -> dict:
 
 
 def _notes(table: Table, runs: pd.DataFrame, paper: dict, dataset: str) -> Table:
-    """Say under the table where our runs differ from the paper's setup or pool mixed configs."""
+    """Say under the table where our runs differ from the paper's setup, and which runs of an
+    older configuration (an edited sweep) the cells leave out."""
     ids = {rid for row in table.rows for c in row.ours if c for rid in c.runs}
     used = runs[runs["run_id"].isin(ids)]
     setup = dict(paper_setup(paper), dataset=dataset)
@@ -58,9 +59,11 @@ def _notes(table: Table, runs: pd.DataFrame, paper: dict, dataset: str) -> Table
             if ours:
                 shown = "the whole set" if name.endswith("_samples") else paper_value  # 0 = all
                 table.notes.append(f"ours use {name}={', '.join(ours)} (paper: {shown})")
-    mixed = sorted({m for row in table.rows for c in row.ours if c for m in c.mixed})
-    if mixed:
-        table.notes.append(f"some cells pool runs that differ in {', '.join(mixed)}")
+    superseded = {s for row in table.rows for c in row.ours if c for s in c.superseded}
+    if superseded:
+        changes = sorted({change for _, change in superseded})
+        table.notes.append(f"{len(superseded)} run(s) of an older configuration left out "
+                           f"({'; '.join(changes)}): each cell uses its newest; report.md lists them")
     return table
 
 

@@ -10,6 +10,7 @@ and the sweep files' GPU-hours) use it.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 
 from .sweep import Trial
@@ -19,7 +20,7 @@ from .sweep import Trial
 class GroupCost:
     group: list[Trial]
     time: object          # trainer.calibration.GroupTime
-    memory: object        # trainer.forecast.Forecast
+    memory: object        # trainer.estimates.Forecast
     measured: int = 0     # bytes: the peak a group of this shape reached on a GPU before (0: none)
 
 
@@ -35,7 +36,7 @@ def group_costs(groups: list[list[Trial]], states: dict, kind: str = "cuda",
     measured before for its shape (`measured`: tracking.measured_peaks)."""
     from trainer.calibration import group_time, rates
     from trainer.config import Config
-    from trainer.cost import cost_configs
+    from trainer.estimates import cost_configs
 
     from .plan import group_forecast, group_shape
 
@@ -58,7 +59,7 @@ def forecast_lines(rows: list[GroupCost], gpus: int, memory: bool = True) -> lis
     hours (and memory), then the total, the wall time on `gpus` GPUs, and the constants."""
     from trainer.calibration import makespan, rates
 
-    from trainer.memory import MB
+    from trainer.estimates import MB
 
     from .packing import needed_bytes
 
@@ -101,7 +102,11 @@ def cpu_wall_hours(rows: list[GroupCost], cpus_per_group: float, total_cpus: flo
 
 
 def local_gpus() -> int:
-    """The GPUs torch sees on this machine (plan starts no Ray, so it cannot see a cluster's)."""
+    """The GPUs torch sees on this machine (plan starts no Ray, so it cannot see a cluster's).
+    Without a GPU driver (NVIDIA's /proc/driver/nvidia, AMD's /dev/kfd) it is 0 without
+    importing torch (~2 s)."""
+    if not (os.path.exists("/proc/driver/nvidia") or os.path.exists("/dev/kfd")):
+        return 0
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0

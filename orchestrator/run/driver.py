@@ -13,6 +13,10 @@ at its share (packing.allocator_cap), so it fails alone; it ends its Tune trial 
 `oom` result, and the JobQueue (the Tune searcher that hands out the jobs) queues it again
 re-packed (packing.repacked: a doubled share, or split in halves), at most MAX_REPACKS
 times, after which its trials are FAILED with the error line.
+
+A full disk (the storage folder, the tracking store, Tune's own files: disk.py) is not
+retried either: the group that meets it ends with a `disk_full` result, the JobQueue hands
+out nothing more and the sweep stops (Tune's stopper), and `run` says what filled up.
 """
 from __future__ import annotations
 
@@ -30,7 +34,7 @@ import ray
 from ray import tune
 from ray.tune.search import Searcher
 
-from . import packing, tracking
+from . import disk, packing, tracking
 from .packing import GB, MAX_REPACKS, Node, PackingError
 from .plan import group_name
 
@@ -62,7 +66,7 @@ class Job:
     resources: dict          # what it asks of the cluster, {"cpu": n, "gpu": share}
     gpu_memory: int = 0      # bytes of the GPU its share is of (0: no GPU)
     forecast_peak: int = 0   # bytes: the memory forecast of its step (trainer/forecast.py)
-    shape: str = ""          # trainer.cost.shape_id of its members' configs
+    shape: str = ""          # trainer.estimates.shape_id of its members' configs
     repacks: list = dataclasses.field(default_factory=list)   # what each re-pack after an OOM changed
 
     @classmethod
@@ -138,55 +142,31 @@ def run_group(job: Job) -> None:
     out-of-memory error puts the unfinished members back to SCHEDULED and ends the trial
     with an `oom` result, for the JobQueue to re-pack. Anything else (a killed worker) fails
     the group, and Tune retries it (max_failures): each member resumes from its checkpoint.
-    A member FINISHED by an earlier attempt is not trained again. A stopped sweep (Ctrl-C)
-    leaves KILLED runs.
+    A full disk is not retried: the members are FAILED with a line naming what filled up
+    (if the store takes it) and the trial ends with a `disk_full` result, which stops the
+    sweep. A member FINISHED by an earlier attempt is not trained again. A stopped sweep
+    (Ctrl-C) leaves KILLED runs.
     """
     import torch
 
-    from trainer.config import Config
     from trainer.errors import TrialError
-    from trainer.train import MemberFailed, train_group
 
     names = [m.name for m in job.members]
-    loggers, members = {}, []
-    for m in job.members:
-        logger = tracking.TrialLogger(job.tracking_uri, m.run_id)
-        if logger.status() == "FINISHED":
-            continue
-        others = [n for n in names if n != m.name]
-        logger.start({**job.tags, **where_am_i(), **job.placement_tags(),
-                      "fused_with": ",".join(others) or "none", "fused_group_size": len(job.members),
-                      tracking.GROUP_TAG: ",".join(names)})
-        loggers[m.name] = logger
-        members.append(m)
-    if not members:
-        return
-    cfgs = [Config.from_dict({**m.config, "threads": job.threads}, source=m.name) for m in members]
-    running = {m.name for m in members}
-    started: set[str] = set()
+    loggers, members, running = {}, [], set()
     try:
-        for events in train_group(cfgs, [m.checkpoint_dir for m in members], memory_cap=job.memory_cap):
-            failed = []
-            for event in events:
-                m = members[event.member]
-                logger = loggers[m.name]
-                if isinstance(event, MemberFailed):
-                    logger.finish("FAILED", error=_error_text(event.error))
-                    running.discard(m.name)
-                    failed.append(_failure(m.name, event.error))
-                    continue
-                if m.name not in started and not event.replayed:
-                    started.add(m.name)      # whether this attempt resumed, and from where
-                    logger.tag("resumed_from_epoch", event.epoch - 1 if not event.final else event.epoch)
-                for name, obj in event.artifacts.items():
-                    logger.log_json(name, obj)
-                if event.final:
-                    logger.log_final(event.epoch, event.metrics)
-                    logger.finish("FINISHED")
-                    running.discard(m.name)
-                else:                                              # MLflow first: a crash before
-                    logger.log_epoch(event.epoch, {**event.metrics, **_against_forecast(event.metrics, job)})
-            _report(events, len(running), failed)                  # Tune hears only repeats it
+        for m in job.members:
+            logger = tracking.TrialLogger(job.tracking_uri, m.run_id)
+            if logger.status() == "FINISHED":
+                continue
+            others = [n for n in names if n != m.name]
+            logger.start({**job.tags, **where_am_i(), **job.placement_tags(),
+                          "fused_with": ",".join(others) or "none", "fused_group_size": len(job.members),
+                          tracking.GROUP_TAG: ",".join(names)})
+            loggers[m.name] = logger
+            members.append(m)
+            running.add(m.name)
+        if members:
+            _train(job, members, loggers, running)
     except TrialError as err:                 # the group's inputs: a retry would repeat it
         for name in running:
             loggers[name].finish("FAILED", error=_error_text(err))
@@ -205,9 +185,49 @@ def run_group(job: Job) -> None:
         tune.report({"oom": 1, "oom_reached_mb": reached / 2 ** 20, "oom_error": str(err).splitlines()[0][:300],
                      "members_running": 0})
     except BaseException as err:
-        for name in running:
-            loggers[name].finish("FAILED", error=_error_text(err))
-        raise
+        path = disk.no_space(err)
+        if path is None:                       # a killed worker, a bug: Tune retries the group
+            for name in running:
+                loggers[name].finish("FAILED", error=_error_text(err))
+            raise
+        line = disk.describe(path, Path(job.members[0].checkpoint_dir).parent.parent, job.tracking_uri)
+        for name in running:                   # a retry cannot succeed: stop the sweep instead
+            try:
+                loggers[name].finish("FAILED", error=line)
+            except Exception:                  # a full tracking store takes no tag either
+                pass
+        tune.report({"members_running": 0, DISK_FULL: line})
+
+
+def _train(job: Job, members: list, loggers: dict, running: set) -> None:
+    """Train the members (not FINISHED yet) together, logging each event to its run."""
+    from trainer.config import Config
+    from trainer.train import MemberFailed, train_group
+
+    cfgs = [Config.from_dict({**m.config, "threads": job.threads}, source=m.name) for m in members]
+    started: set[str] = set()
+    for events in train_group(cfgs, [m.checkpoint_dir for m in members], memory_cap=job.memory_cap):
+        failed = []
+        for event in events:
+            m = members[event.member]
+            logger = loggers[m.name]
+            if isinstance(event, MemberFailed):
+                logger.finish("FAILED", error=_error_text(event.error))
+                running.discard(m.name)
+                failed.append(_failure(m.name, event.error))
+                continue
+            if m.name not in started and not event.replayed:
+                started.add(m.name)      # whether this attempt resumed, and from where
+                logger.tag("resumed_from_epoch", event.epoch - 1 if not event.final else event.epoch)
+            for name, obj in event.artifacts.items():
+                logger.log_json(name, obj)
+            if event.final:
+                logger.log_final(event.epoch, event.metrics)
+                logger.finish("FINISHED")
+                running.discard(m.name)
+            else:                                              # MLflow first: a crash before
+                logger.log_epoch(event.epoch, {**event.metrics, **_against_forecast(event.metrics, job)})
+        _report(events, len(running), failed)                  # Tune hears only repeats it
 
 
 def _against_forecast(metrics: dict, job: Job) -> dict:
@@ -236,6 +256,7 @@ def _error_text(err: BaseException) -> str:
 
 
 FAILED_TRIALS = "failed_trials"   # a Tune result's "name: why" of each member that failed alone
+DISK_FULL = "disk_full"           # a Tune result's line naming the full disk (disk.describe)
 
 
 def _failure(name: str, err: BaseException) -> str:
@@ -289,7 +310,8 @@ class JobQueue(Searcher):
     group that ran out of CUDA memory: re-packed (packing.repacked) at the front of the
     queue, or, after MAX_REPACKS or with nothing left to change, its trials FAILED in MLflow
     with the out-of-memory line. `outcome[trial_id]` is ("re-packed" or "failed", that
-    line), for Progress to print."""
+    line), for Progress to print. After a group meets a full disk (`full`: its line) it
+    hands out nothing more."""
 
     def __init__(self, jobs: list[Job], uri: str):
         super().__init__()
@@ -298,6 +320,7 @@ class JobQueue(Searcher):
         self.live: dict[str, dict] = {}
         self.total = len(jobs)
         self.outcome: dict[str, str] = {}
+        self.full: str | None = None
 
     def save(self, checkpoint_path: str) -> None:
         """Nothing to save: a new `run` builds its queue from MLflow (Tuner.restore is not used)."""
@@ -306,6 +329,8 @@ class JobQueue(Searcher):
         """See save."""
 
     def suggest(self, trial_id: str):
+        if self.full:
+            return Searcher.FINISHED
         if self.pending:
             self.live[trial_id] = self.pending.popleft()
             return {"job": self.live[trial_id]}
@@ -313,6 +338,10 @@ class JobQueue(Searcher):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         job = self.live.pop(trial_id, None)
+        if job is not None and (result or {}).get(DISK_FULL):
+            self.full = self.full or result[DISK_FULL]
+            self.outcome[trial_id] = ("disk full", "")
+            return
         if job is None or error or not (result or {}).get("oom"):
             return
         job = Job.from_dict(job)
@@ -335,6 +364,21 @@ class JobQueue(Searcher):
         self.total += len(jobs)
         self.outcome[trial_id] = ("re-packed", oom_line(
             job, reached, f"re-packed: {how} -> " + ", ".join(f"{j.name} {j.resources}" for j in jobs)))
+
+
+class StopOnFullDisk(tune.Stopper):
+    """Stop every trial once a group met a full disk: the others would only meet it too."""
+
+    def __init__(self):
+        self.line: str | None = None
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        if result.get(DISK_FULL):
+            self.line = self.line or result[DISK_FULL]
+        return self.line is not None
+
+    def stop_all(self) -> bool:
+        return self.line is not None
 
 
 class Progress(tune.Callback):
@@ -382,8 +426,9 @@ class Progress(tune.Callback):
             self._line(f"{trial.config['job']['name']} finished")
             return
         self.repacked += kind == "re-packed"
-        self.failed += len(trial.config["job"]["members"]) if kind == "failed" else 0
-        self._line(line)
+        self.failed += len(trial.config["job"]["members"]) if kind in ("failed", "disk full") else 0
+        self._line(line if kind != "disk full" else f"{trial.config['job']['name']} FAILED: a disk is "
+                   f"full; stopping the sweep")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.running.pop(trial.trial_id, None)
@@ -404,15 +449,17 @@ def _dirname(trial) -> str:
 
 
 def run_jobs(jobs: list[Job], sweep_name: str, storage: str, max_failures: int,
-             max_concurrent: int) -> None:
+             max_concurrent: int) -> str | None:
     """Run the jobs (one Tune trial each, with its own resources) on Ray Tune, handed out by
-    a JobQueue. Each member's outcome is in its MLflow run; the caller reads it from there."""
+    a JobQueue. Each member's outcome is in its MLflow run; the caller reads it from there.
+    Returns None, or the line naming a full disk that stopped the sweep (a group met it,
+    or Tune failed writing its own files to a storage folder with no space left)."""
     if not jobs:
-        return
+        return None
     # Tune asks a custom searcher for one pending trial at a time; let every job wait for
     # its resources at once, as a grid would, so no device idles while jobs start.
     os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(min(len(jobs), 200)))
-    queue = JobQueue(jobs, jobs[0].tracking_uri)
+    queue, stopper = JobQueue(jobs, jobs[0].tracking_uri), StopOnFullDisk()
     trainable = tune.with_resources(tune_trial, _resources)
     tuner = tune.Tuner(
         trainable,
@@ -426,9 +473,19 @@ def run_jobs(jobs: list[Job], sweep_name: str, storage: str, max_failures: int,
             storage_path=str(Path(storage) / "tune"),
             failure_config=tune.FailureConfig(max_failures=max_failures),
             callbacks=[Progress(queue)],
+            stop=stopper,
             verbose=0),
     )
-    tuner.fit()
+    disk.quiet("ray")
+    try:
+        tuner.fit()
+    except Exception as err:     # Tune's own writes: its storage may be the disk that is full
+        path = disk.no_space(err)
+        full = [str(f) for f in disk.full_folders([Path(storage)])] if path is None else [path]
+        if not full:
+            raise
+        return disk.describe(full[0], Path(storage), jobs[0].tracking_uri)
+    return stopper.line or queue.full
 
 
 def default_storage() -> str:

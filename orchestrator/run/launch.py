@@ -12,18 +12,16 @@ marked KILLED, the command to resume is printed, and `run` exits 130.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import signal
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from trainer.errors import TrialError
 
-from . import costs, driver, packing, provenance, tracking
+from . import costs, disk, packing, provenance, tracking
 from .lease import Lease, alive
 from .packing import Devices, devices, pack
 from .plan import group_forecast, group_name, group_shape, plan_groups, sizing_forecast
@@ -33,6 +31,7 @@ from .sweep import Sweep, SweepError, Trial, expand
 # cluster needs --yes: it was meant for GPUs.
 CPU_HOURS_NEEDING_YES = 2.0
 INTERRUPTED = 130           # the shell's exit code for a command stopped by Ctrl-C
+NO_SPACE = 3                # `run` stopped because a disk (storage, tracking store) is full
 
 
 @dataclass
@@ -73,10 +72,9 @@ def make_plan(sweep: Sweep, uri: str, nodes: list) -> RunPlan:
 def local_nodes(gpus: int | None = None) -> list:
     """This machine as a cluster (what `plan` and `--dry-run` assume; they start no Ray):
     its cores, and `gpus` GPUs (default: those torch sees here)."""
-    from trainer.train import available_cpus
+    from trainer.config import available_cpus
 
-    from .costs import local_gpus
-    return [packing.Node(cpus=available_cpus(), gpus=local_gpus() if gpus is None else gpus)]
+    return [packing.Node(cpus=available_cpus(), gpus=costs.local_gpus() if gpus is None else gpus)]
 
 
 def preflight(plan: RunPlan, storage: Path) -> None:
@@ -90,19 +88,19 @@ def preflight(plan: RunPlan, storage: Path) -> None:
     if blocking is not None:
         raise SweepError(f"storage {storage}: {blocking} is a file, not a folder; pass --storage "
                          f"(or storage_path:) a folder every node can write")
-    err = write_probe(storage)
+    err = disk.write_probe(storage)
     if err is not None:
         raise SweepError(f"storage {storage}: cannot write in {err.filename} ({err.strerror}); "
                          f"pass --storage (or storage_path:) a folder every node can write"
-                         + (", or free space there" if err.errno == errno.ENOSPC else ""))
+                         + (", or free space there" if err.errno in disk.NO_SPACE else ""))
     store = tracking.local_store(plan.uri)
     if store is not None:
         folder = store.parent if plan.uri.startswith("sqlite:") else store   # else a file store
-        err = write_probe(folder) or (_open_for_writing(store) if store.is_file() else None)
+        err = disk.write_probe(folder) or (disk.open_for_writing(store) if store.is_file() else None)
         if err is not None:
             raise tracking.StoreUnreachable(
                 f"tracking store {plan.uri}: cannot write {err.filename} ({err.strerror}); "
-                + ("free space there, or " if err.errno == errno.ENOSPC else "")
+                + ("free space there, or " if err.errno in disk.NO_SPACE else "")
                 + "pass --tracking-uri (or set MLFLOW_TRACKING_URI) to a store this machine can write")
     for dataset, data_dir in sorted({(t.config["dataset"], t.config["data_dir"]) for t in plan.todo}):
         if dataset != "synthetic":
@@ -112,35 +110,11 @@ def preflight(plan: RunPlan, storage: Path) -> None:
                 raise SweepError(str(err)) from None
 
 
-PROBE_BYTES = 4096     # a block: a full disk refuses it (an empty file would still be made)
-
-
-def write_probe(folder: Path) -> OSError | None:
-    """Whether a block can be written and synced in `folder` (or, if it does not exist yet,
-    the nearest folder above it, where it would be made): None, or the error, whose
-    filename is the folder."""
-    folder = next(p for p in (folder, *folder.parents) if p.exists())
-    try:
-        with tempfile.TemporaryFile(dir=folder) as f:
-            f.write(b"\0" * PROBE_BYTES)
-            f.flush()
-            os.fsync(f.fileno())
-    except OSError as err:
-        return OSError(err.errno, err.strerror, str(folder))
-    return None
-
-
-def _open_for_writing(path: Path) -> OSError | None:
-    try:
-        os.close(os.open(path, os.O_RDWR))
-    except OSError as err:
-        return OSError(err.errno, err.strerror, str(path))
-    return None
-
-
 def launch(plan: RunPlan, storage: Path, options: Options) -> int:
     """Take the lease, start (or join) Ray, create the runs of new trials, run every group
     on Tune; then say how each trial ended, and build the tables."""
+    from . import driver              # Ray (~1 s to import): only when a sweep launches
+
     sweep, uri = plan.sweep, plan.uri
     lease = Lease(storage / sweep.name)
     note = lease.acquire()
@@ -159,12 +133,21 @@ def launch(plan: RunPlan, storage: Path, options: Options) -> int:
             print("nothing to run: every trial is FINISHED in MLflow (another run finished them).")
             return 0
         return _launch(plan, storage, options, lease, cluster, nodes)
+    except Exception as err:            # the driver's own writes (new runs, the experiment)
+        path = disk.no_space(err)
+        if path is None:
+            raise
+        print(f"\nerror: {disk.describe(path, storage, uri)}; the sweep stopped. Free space there, "
+              f"then this resumes every unfinished trial:\n  {options.command}", file=sys.stderr)
+        return NO_SPACE
     finally:
         lease.release()
 
 
 def _launch(plan: RunPlan, storage: Path, options: Options, lease: Lease, cluster: dict,
             nodes: list) -> int:
+    from . import driver
+
     sweep, uri = plan.sweep, plan.uri
     placements, warnings = pack(plan.groups, sizing_forecast(plan.measured), nodes, sweep.resources)
     asks = sorted({json.dumps(p.resources, sort_keys=True) for p in placements})
@@ -200,12 +183,14 @@ def _launch(plan: RunPlan, storage: Path, options: Options, lease: Lease, cluste
     gpu_memory = min((n.gpu_memory for n in nodes if n.gpus), default=0)
     jobs = _jobs(plan, placements, storage, experiment_id, gpu_memory)
     with interrupt_guard() as interrupted:
-        driver.run_jobs(jobs, sweep.name, str(storage), sweep.max_failures, sweep.max_concurrent)
-    return _report(plan, experiment_id, interrupted, options)
+        full = driver.run_jobs(jobs, sweep.name, str(storage), sweep.max_failures, sweep.max_concurrent)
+    return _report(plan, experiment_id, interrupted, options, full)
 
 
 def _jobs(plan: RunPlan, placements, storage: Path, experiment_id: str, gpu_memory: int) -> list:
     """One driver.Job per placement; a new trial's MLflow run is created here."""
+    from . import driver
+
     sweep, uri = plan.sweep, plan.uri
     tags = provenance.provenance_tags()
     jobs = []
@@ -225,7 +210,8 @@ def _jobs(plan: RunPlan, placements, storage: Path, experiment_id: str, gpu_memo
     return jobs
 
 
-def _report(plan: RunPlan, experiment_id: str, interrupted: dict, options: Options) -> int:
+def _report(plan: RunPlan, experiment_id: str, interrupted: dict, options: Options,
+            full: str | None = None) -> int:
     uri, todo = plan.uri, plan.todo
     try:
         after = tracking.runs_by_key(uri, plan.sweep.name)
@@ -242,11 +228,31 @@ def _report(plan: RunPlan, experiment_id: str, interrupted: dict, options: Optio
               f"trials finished, {len(killed)} marked KILLED. To resume them from their last "
               f"checkpoints, run again:\n  {options.command}", file=sys.stderr)
         return INTERRUPTED
+    if full:
+        return _stopped_full(plan, after, unfinished, full, options)
     print(f"\n{len(todo) - len(unfinished)} of {len(todo)} trials finished"
           + (f"; not finished: {', '.join(t.name for t in unfinished)}" if unfinished else ""))
     print(f"MLflow: {uri}\n  runs:  {runs_link(uri, experiment_id)}  "
           f"(mlflow ui --backend-store-uri {uri})")
     return 1 if unfinished else 0
+
+
+def _stopped_full(plan: RunPlan, after: dict, unfinished: list, line: str, options: Options) -> int:
+    """A disk filled up during the sweep: the unfinished runs (those the stopped groups
+    left RUNNING or KILLED) are FAILED with `line`, which is printed once, with the resume."""
+    left = [after[t.key].run_id for t in unfinished
+            if t.key in after and after[t.key].status in ("RUNNING", "SCHEDULED", "KILLED")]
+    try:
+        tracking.fail_runs(plan.uri, left, line)
+        marked = "their runs are FAILED with this error"
+    except Exception as err:
+        if disk.no_space(err) is None and not tracking.is_store_error(err):
+            raise
+        marked = "their runs stay RUNNING: the tracking store could not take an error tag"
+    print(f"\nerror: {line}; the sweep stopped: {len(plan.todo) - len(unfinished)} of {len(plan.todo)} "
+          f"trials finished, {len(unfinished)} not ({marked}). Free space there, then this resumes "
+          f"them from their last checkpoints:\n  {options.command}", file=sys.stderr)
+    return NO_SPACE
 
 
 def runs_link(uri: str, experiment_id: str) -> str:

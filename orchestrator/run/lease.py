@@ -105,8 +105,11 @@ class Lease:
 
     def _refresh(self, write) -> None:
         tmp = self.path.with_name(f"{LEASE}.{self.me['id']}.tmp")
-        tmp.write_text(json.dumps({**self.me, "beat": time.time()}))
-        os.replace(tmp, self.path)
+        try:
+            tmp.write_text(json.dumps({**self.me, "beat": time.time()}))
+            os.replace(tmp, self.path)
+        except OSError:         # a full disk: the sweep stops on it (disk.py); the next beat retries
+            tmp.unlink(missing_ok=True)
         if write is not None:
             try:
                 write({**self.me, "beat": time.time()})

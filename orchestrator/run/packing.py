@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from trainer.forecast import Forecast
+from trainer.estimates import Forecast
 
 from .plan import group_name
 

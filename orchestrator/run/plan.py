@@ -112,14 +112,14 @@ def group_forecast(group: list[Trial]):
     """The memory forecast of one training step of the group (trainer/forecast.py), from
     the same cached fake run that counts its ops and FLOPs (trainer/cost.py): `plan` costs
     one fake run per distinct group."""
-    from trainer.cost import cost_configs   # torch: only when a forecast is asked for
+    from trainer.estimates import cost_configs   # torch only if a shape was never measured
 
     return cost_configs([t.config for t in group])[0]
 
 
 def group_shape(group: list[Trial]) -> str:
-    """The id of the group's shape (trainer.cost.shape_id), under which its measured peak is kept."""
-    from trainer.cost import shape_id
+    """The id of the group's shape (trainer.estimates.shape_id), under which its measured peak is kept."""
+    from trainer.estimates import shape_id
 
     return shape_id([t.config for t in group])
 
@@ -131,3 +131,46 @@ def sizing_forecast(measured: dict[str, int]):
         f = group_forecast(group)
         return dataclasses.replace(f, peak=max(f.peak, measured.get(group_shape(group), 0)))
     return forecast
+
+
+@dataclasses.dataclass(frozen=True)
+class Superseded:
+    """Earlier runs of the sweep's experiment whose trial the sweep no longer holds: the
+    sweep file was edited (epochs 3 -> 5 makes every trial new, as the trial key holds
+    every field that can change a result). MLflow keeps them; `run` does not resume them
+    (a run's params cannot change, so a 3-epoch run cannot become a 5-epoch one) and the
+    tables leave them out of a cell that has newer runs (results/cells.py)."""
+    change: str          # "epochs 3 -> 5", or "" when no trial of the same name is left
+    names: tuple         # their run names, sweep order
+
+
+def superseded(trials: list[Trial], states: dict) -> list[Superseded]:
+    """The runs in `states` (trial_key -> tracking.RunState) that no trial of `trials` has,
+    grouped by what changed: each is compared with the trial of the same name."""
+    from trainer.config import IDENTITY
+
+    by_name = {t.name: t for t in trials}
+    keys = {t.key for t in trials}
+    changes: dict[str, list[str]] = {}
+    for key, state in states.items():
+        if key in keys:
+            continue
+        trial = by_name.get(state.name)
+        change = "" if trial is None else ", ".join(
+            f"{k} {state.params.get(k, '(none)')} -> {trial.config[k]}" for k in sorted(IDENTITY)
+            if k in trial.config and state.params.get(k) != str(trial.config[k]))
+        changes.setdefault(change, []).append(state.name)
+    order = {t.name: i for i, t in enumerate(trials)}
+    return [Superseded(change, tuple(sorted(names, key=lambda n: (order.get(n, len(order)), n))))
+            for change, names in sorted(changes.items())]
+
+
+def superseded_lines(found: list[Superseded], shown: int = 4) -> list[str]:
+    """What `plan`, `status` and `run` say of the superseded runs."""
+    lines = []
+    for s in found:
+        names = ", ".join(s.names[:shown]) + (f" and {len(s.names) - shown} more" if len(s.names) > shown else "")
+        why = f"their trials changed: {s.change}" if s.change else "no trial of the sweep has their names"
+        lines.append(f"superseded: {len(s.names)} earlier run(s) ({why}): {names}; kept in MLflow, "
+                     f"not resumed, left out of the tables where newer runs of their cell exist")
+    return lines

@@ -9,6 +9,7 @@ it has no `trial_key`, so it is never taken for a trial.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -23,6 +24,10 @@ from pathlib import Path
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+
+from . import disk
+
+disk.quiet("mlflow")     # MLflow's traceback of a full SQLite store: `run` says it in one line
 
 # Metrics the trial logs once, at the end (step = last epoch).
 FINAL_ONLY = ("model_param_bytes", "model_buffer_bytes")
@@ -67,6 +72,8 @@ def retry_seconds() -> float:
 
 
 def _transient(err: Exception) -> bool:
+    if disk.no_space(err) is not None:       # a full disk: waiting does not free it
+        return False
     text = str(err).lower()
     return any(w in text for w in ("locked", "busy", "connection", "timed out", "timeout",
                                    "temporarily", "503", "502",
@@ -173,6 +180,8 @@ class RunState:
     last_epoch: int    # last epoch logged (0 = none)
     metrics: dict      # latest value of each metric
     group: tuple = ()  # the member names of the fused group it last trained in (GROUP_TAG)
+    name: str = ""     # its run name (the trial's name)
+    params: dict = dataclasses.field(default_factory=dict)   # the config it ran with (strings)
 
 
 def client(uri: str) -> MlflowClient:
@@ -247,13 +256,14 @@ def runs_by_key(uri: str, experiment_name: str) -> dict[str, RunState]:
             if key:
                 last = int(run.data.metrics.get("last_epoch", 0))
                 group = tuple(filter(None, run.data.tags.get(GROUP_TAG, "").split(",")))
-                out[key] = RunState(run.info.run_id, run.info.status, last, run.data.metrics, group)
+                out[key] = RunState(run.info.run_id, run.info.status, last, run.data.metrics, group,
+                                    run.info.run_name or "", run.data.params)
         token = page.token
         if not token:
             return out
 
 
-GROUP_SHAPE_TAG = "group_shape"        # trainer.cost.shape_id of the group a run trained in
+GROUP_SHAPE_TAG = "group_shape"        # trainer.estimates.shape_id of the group a run trained in
 MEASURED_PEAK = "group_peak_memory_mb"  # the trainer's per-epoch CUDA peak of the whole group
 
 
