@@ -334,14 +334,21 @@ def test_a_full_storage_disk_stops_the_sweep_with_one_line_and_resumes(tmp_path,
     assert f"checkpoint.pt.tmp (in the storage folder {storage})" in said[0]
     assert "0 of 2 trials finished, 2 not (their runs are FAILED with this error)" in said[0]
     assert f"python -m orchestrator run {sweep} --tracking-uri {uri}" in out.split(said[0])[1]
-    assert out.count(" started") == 2 and not driver_traceback(out), out   # one attempt per group
-    for r in runs(uri, "full"):        # each group met the full disk at its own file
-        assert r.info.status == "FAILED" and r.data.tags["error"] == (
-            f"no space left on device: {storage / 'full' / r.data.tags['trial_key'] / 'checkpoint.pt.tmp'} "
-            f"(in the storage folder {storage})")
-        assert steps(uri, r.info.run_id) == [1]
-    assert not list(storage.glob("full/*/checkpoint.pt.tmp"))          # the partial file is gone
+    assert 1 <= out.count(" started") <= 2 and not driver_traceback(out), out   # no attempt retried
+    line = {r.data.tags["trial_key"]: f"no space left on device: {storage / 'full' / r.data.tags['trial_key'] / 'checkpoint.pt.tmp'} "
+                                      f"(in the storage folder {storage})" for r in runs(uri, "full")}
+    done = {}
+    for r in runs(uri, "full"):
+        # The group that met the full disk names its own file; the other one (stopped by the
+        # sweep, perhaps before its own epoch 2 on a loaded machine) carries that first line.
+        assert r.info.status == "FAILED" and r.data.tags["error"] in line.values()
+        done[r.info.run_id] = steps(uri, r.info.run_id)
+        if r.data.tags["error"] == line[r.data.tags["trial_key"]]:       # its partial file is gone
+            assert done[r.info.run_id] == [1] and not (storage / "full" / r.data.tags["trial_key"]
+                                                       / "checkpoint.pt.tmp").exists()
+        assert done[r.info.run_id] in ([], [1])
+    assert [1] in done.values()
     out = finish(cli(tmp_path, "run", str(sweep), "--tracking-uri", uri), timeout=600)
     for r in runs(uri, "full"):
         assert r.info.status == "FINISHED" and steps(uri, r.info.run_id) == [1, 2, 3]
-        assert r.data.tags["resumed_from_epoch"] == "1" and "error" not in r.data.tags
+        assert r.data.tags["resumed_from_epoch"] == str(len(done[r.info.run_id])) and "error" not in r.data.tags
