@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
+pytestmark = pytest.mark.slow      # each script in a subprocess (5-13 s)
 
 
 @pytest.mark.parametrize("argv", [

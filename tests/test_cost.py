@@ -185,6 +185,7 @@ def test_calibration_derives_constants_from_timed_steps():
     assert "flops_per_s" not in launch_bound          # arithmetic hidden: the rate stays assumed
 
 
+@pytest.mark.slow       # `plan` in a subprocess: torch's import and a fake step (~10 s)
 def test_plan_prints_the_forecast(tmp_path):
     path = write_sweep(tmp_path / "s.yaml", "costs", {"width": [16, 8], "regularizer": [False, True]},
                        fuse=2)                  # base: 2 epochs of 120 images at batch 6
@@ -226,6 +227,7 @@ def test_trainer_cost_command(capsys):
     assert "cuda constants" in out["constants"]
 
 
+@pytest.mark.slow       # `plan` of a paper-sized group: fake steps (~10 s)
 def test_plan_shows_a_peak_measured_before_beside_the_forecast_and_sizes_the_share_by_it(tmp_path):
     """A run in the store (any experiment) that measured 5,000 MB for a group of g1's shape:
     plan shows it beside the forecast, and g1's share is sized from it; g2 has none."""
@@ -279,6 +281,7 @@ def test_a_measured_cost_is_kept_on_disk_and_read_back(tmp_path, monkeypatch):
     assert estimates.cache_dir() is None
 
 
+@pytest.mark.slow       # `plan` in a subprocess: torch's import and a fake step (~10 s)
 def test_plan_of_measured_shapes_imports_no_torch(tmp_path):
     """Once a sweep's group shapes are measured (the disk cache), `plan` reads their costs
     and starts neither torch (~2 s to import) nor Ray: what makes it seconds on 540 trials."""

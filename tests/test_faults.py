@@ -17,6 +17,8 @@ from mlflow.tracking import MlflowClient
 from e2e import EPOCHS, cli, finish, free_port, mlflow_server, runs, steps, stop, wait_for, write_sweep
 from orchestrator.run.sweep import expand, load_sweep
 
+pytestmark = pytest.mark.slow      # the CLI and the driver end to end: a Ray start or a subprocess per test
+
 
 @pytest.fixture
 def uri(tmp_path) -> str:

@@ -13,6 +13,8 @@ import pytest
 
 from e2e import EPOCHS, ROOT, cli, finish, free_port, mlflow_server, runs, steps, stop, wait_for, write_sweep
 
+pytestmark = pytest.mark.slow      # whole sweeps through a real Ray and MLflow
+
 
 HEAD = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True,
                       text=True, check=True).stdout.strip()

@@ -32,6 +32,7 @@ def test_memory_json_has_table5_rows():
     assert by_model["bottleneck_w32"]["buffer_bytes"] == 49_848
 
 
+@pytest.mark.slow       # `python -m trainer` in a subprocess
 def test_a_tiny_run_writes_history_and_final_measurements(tmp_path):
     out = trainer(*TINY, "--regularizer", "--json", str(tmp_path / "m.json"), cwd=tmp_path)
     assert out.returncode == 0, out.stderr
@@ -47,6 +48,7 @@ def test_a_tiny_run_writes_history_and_final_measurements(tmp_path):
     assert "epoch 2/2" in out.stderr                                   # progress and epochs
 
 
+@pytest.mark.slow       # `python -m trainer` in a subprocess
 def test_forecast_prints_the_four_numbers_as_json():
     out = trainer("memory", "--forecast", "--arch", "vgg16", "--batch-size", "16", "--image-size",
                   "224", "--format", "json")
@@ -57,6 +59,7 @@ def test_forecast_prints_the_four_numbers_as_json():
     assert numbers["peak_mb"] > numbers["dynamic_peak_mb"] > numbers["forward_peak_mb"] > 0
 
 
+@pytest.mark.slow       # `python -m trainer` in a subprocess
 def test_progress_in_a_log_file_is_a_line_per_tenth_of_an_epoch(tmp_path):
     """stderr is a pipe here, as in a Ray worker log: no carriage-return frames."""
     out = trainer(*[a if a != "20" else "200" for a in TINY], cwd=tmp_path)   # 40 steps an epoch
