@@ -193,7 +193,7 @@ def _neighbour(divisor: int) -> None:
 
 def share_cap(args) -> None:
     print("7. share cap: a group given too small a share fails alone, with the named error")
-    from orchestrator.run.driver import Job, Member, oom_line
+    from orchestrator.run.trial import Job, JobTrial, oom_line
     from orchestrator.run.packing import CUDA_RESERVE
     from trainer.memory import cap_allocator
     from trainer.train import train_group
@@ -202,7 +202,7 @@ def share_cap(args) -> None:
     f = forecast(cfgs)
     total = torch.cuda.get_device_properties(0).total_memory
     share = round((f.peak // 2 + CUDA_RESERVE) / total, 4)      # the cap: about half the forecast
-    job = Job("share-cap-check", [Member(f"k{i}", f"member{i}", {}, "", "") for i in range(4)], "", 1, {},
+    job = Job("share-cap-check", [JobTrial(f"k{i}", f"member{i}", {}, "", "") for i in range(4)], "", {},
               {"cpu": 1, "gpu": share}, total, f.peak)
     neighbour = torch.multiprocessing.get_context("spawn").Process(target=_neighbour, args=(args.divisor,))
     neighbour.start()

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from orchestrator.run.costs import group_costs, total_hours  # noqa: E402
-from orchestrator.run.plan import fuse_groups  # noqa: E402
+from orchestrator.run.groups import fuse_groups  # noqa: E402
 from orchestrator.run.sweep import expand, load_sweep  # noqa: E402
 
 SWEEPS = {"table1": "Tables 1–2", "table3": "Table 3", "table4": "Table 4", "table5": "Table 5, Figure 3",

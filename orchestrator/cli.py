@@ -54,16 +54,18 @@ def _load(args) -> Sweep:
                            storage_path=getattr(args, "storage", None))
 
 
-def _plan(args, gpus: int | None = None):
+def _run_plan(args, gpus: int | None = None):
     """The sweep (with its overrides), its store (checked within seconds, never created
     here) and what `run` would do on this machine (with `gpus` GPUs: default, those torch
     sees). Read-only."""
-    from .run import launch, tracking
+    from .run import launch
+    from .store.client import check_store
+    from .store.uri import local_store, resolve_tracking_uri
 
     sweep = _load(args)
-    uri = tracking.resolve_tracking_uri(args.tracking_uri, sweep.tracking_uri)
-    if not tracking.check_store(uri):
-        print(f"note: no MLflow store at {tracking.local_store(uri)} yet, so every trial is "
+    uri = resolve_tracking_uri(args.tracking_uri, sweep.tracking_uri)
+    if not check_store(uri):
+        print(f"note: no MLflow store at {local_store(uri)} yet, so every trial is "
               f"pending" + ("" if args.command == "run" else "; pass --tracking-uri if it is "
                             "elsewhere"), file=sys.stderr)
     return launch.make_plan(sweep, uri, launch.local_nodes(gpus))
@@ -71,10 +73,11 @@ def _plan(args, gpus: int | None = None):
 
 def cmd_run(args) -> int:
     """Plan, check, then launch; the tables are built at the end."""
+    from .results.report import tables_after_run
     from .run import driver, launch
-    from .run.plan import steps_per_trial
+    from .run.groups import steps_per_trial
 
-    plan = _plan(args)
+    plan = _run_plan(args)
     counts = classify(plan.trials, plan.states)
     print(f"sweep {plan.sweep.name} ({plan.sweep.path}): {len(plan.trials)} trials: "
           f"{len(counts['new'])} new, {len(counts['resuming'])} resuming, "
@@ -98,14 +101,14 @@ def cmd_run(args) -> int:
         return 0
     if not plan.todo:
         print("nothing to run: every trial is FINISHED in MLflow.")
-        return build_tables_step(plan.sweep, plan.uri)
+        return tables_after_run(plan.sweep, plan.uri)
     storage = Path(plan.sweep.storage_path or driver.default_storage()).resolve()
     launch.preflight(plan, storage)
     code = launch.launch(plan, storage, launch.Options(args.address, args.gpu_memory, args.yes,
                                                        _resume_command(args)))
     if code in (2, launch.INTERRUPTED, launch.NO_SPACE):
         return code
-    tables = build_tables_step(plan.sweep, plan.uri)
+    tables = tables_after_run(plan.sweep, plan.uri)
     return code or tables
 
 
@@ -114,42 +117,13 @@ def _resume_command(args) -> str:
         if sys.argv[1:2] == ["run"] else f"python -m orchestrator run {shlex.quote(args.sweep)}"
 
 
-def build_tables_step(sweep: Sweep, uri: str) -> int:
-    """`run`'s final aggregation: the sweep's tables and report, exactly as `tables` writes,
-    one parent run per cell above its seeds, and each figure attached to the runs it comes
-    from."""
-    from .results import ResultsError
-    from .results.report import write_results
-
-    out = Path("results") / sweep.name
-    try:
-        paths = write_results([str(sweep.path)], uri, out_dir=str(out), attach_figures=True,
-                              cell_runs=True)
-    except ResultsError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except Exception as err:   # the runs are safe in MLflow either way: the tables can wait
-        from .run.tracking import is_store_error
-
-        what = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}"
-        if is_store_error(err):
-            print(f"error: the tables were not built: the store did not answer ({what}); build them "
-                  f"with `python -m orchestrator tables {sweep.path}` once {uri} answers", file=sys.stderr)
-        else:
-            print(f"error: the tables were not built: {what}. The runs are safe in MLflow; "
-                  f"`python -m orchestrator tables {sweep.path}` shows the whole traceback (a bug "
-                  f"in the tables: please report it with that)", file=sys.stderr)
-        return 1
-    print(f"tables and report: {out}/ ({len(paths)} files)")
-    return 0
-
-
 def _states(plan) -> dict[str, str]:
     """trial_key -> what `plan` and `status` call its state. A RUNNING run whose driver
     stopped sending heartbeats (killed, or its node lost) is "interrupted": `run` resumes it."""
-    from .run import lease, tracking
+    from .run import lease
+    from .store import read
 
-    live = lease.alive(*tracking.heartbeat(plan.uri, plan.sweep.name))
+    live = lease.alive(*read.heartbeat(plan.uri, plan.sweep.name))
     out = {}
     for t in plan.trials:
         s = plan.states.get(t.key)
@@ -161,7 +135,7 @@ def _states(plan) -> dict[str, str]:
 
 
 def _say_superseded(plan) -> None:
-    from .run.plan import superseded, superseded_lines
+    from .run.groups import superseded, superseded_lines
 
     for line in superseded_lines(superseded(plan.trials, plan.states)):
         print(line)
@@ -177,9 +151,9 @@ def cmd_plan(args) -> int:
     """Every trial, its state, and the fused groups `run` would launch with their memory
     forecast (no Ray; nothing written)."""
     from .run import costs
-    from .run.plan import steps_per_trial
+    from .run.groups import steps_per_trial
 
-    plan = _plan(args, args.gpus)
+    plan = _run_plan(args, args.gpus)
     states = _states(plan)
     print(f"sweep {plan.sweep.name}: {plan.sweep.description.strip()}\n{len(plan.trials)} trials, "
           f"tracking {plan.uri}\n")
@@ -209,7 +183,7 @@ def cmd_plan(args) -> int:
 
 
 def cmd_status(args) -> int:
-    plan = _plan(args)
+    plan = _run_plan(args)
     states = _states(plan)
     counts: dict[str, int] = {}
     lines = []
@@ -236,14 +210,13 @@ def cmd_tables(args) -> int:
     written (and no MLflow store created)."""
     from .results import ResultsError
     from .results.report import sweep_tracking_uri, write_results
-    from .run import tracking
+    from .store.client import check_store
+    from .store.uri import resolve_tracking_uri
 
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
     try:
-        # As for run: --tracking-uri, $MLFLOW_TRACKING_URI, the sweep files', ./mlflow.db.
-        given = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-        uri = tracking.resolve_tracking_uri(given, None if given else sweep_tracking_uri(args.sources))
-        tracking.check_store(uri)
+        uri = resolve_tracking_uri(args.tracking_uri, lambda: sweep_tracking_uri(args.sources))
+        check_store(uri)
         write_results(args.sources, uri, formats=formats, out_dir=args.out,   # prints each file
                       attach_figures=args.attach_figures, cell_runs=not args.no_cell_runs,
                       metric=args.metric, ci=args.ci)
@@ -317,16 +290,16 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     # MLflow retries a dead server 7 times with long backoffs (minutes, silently); our own
-    # retries say what they wait for (orchestrator/run/tracking.py).
+    # retries say what they wait for (orchestrator/store/client.py).
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     args = parser().parse_args(argv)
     from .run.lease import LeaseHeld
     from .run.packing import PackingError
-    from .run.tracking import StoreUnreachable
+    from .store import NotInStore, StoreUnreachable
 
     try:
         return args.fn(args)
-    except (SweepError, PackingError, LeaseHeld, StoreUnreachable) as err:
+    except (SweepError, PackingError, LeaseHeld, StoreUnreachable, NotInStore) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

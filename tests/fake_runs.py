@@ -1,4 +1,4 @@
-"""Hand-built runs, shaped as orchestrator.results.reader.load_runs reads them from MLflow.
+"""Hand-built runs, shaped as orchestrator.results.cells.load_runs reads them from MLflow.
 
 Shared by the tests of the pure results code (tables, claims), which never open a store.
 """
@@ -26,3 +26,10 @@ def fake_run(i, status="FINISHED", metrics=None, start=None, **params):
 def frame(*rows):
     """Rows of fake_run as the prepared DataFrame the table builders take."""
     return prepare(pd.DataFrame(list(rows)))
+
+
+class FakeForecast:
+    """A memory forecast as the tables read one (trainer.forecast.Forecast's MB fields)."""
+
+    def __init__(self, dynamic, forward, model):
+        self.dynamic_peak_mb, self.forward_peak_mb, self.model_mb = dynamic, forward, model

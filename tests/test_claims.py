@@ -2,7 +2,7 @@
 the seed noise, or stays open as one cell changes (3 seeds a cell, spread known)."""
 import pytest
 
-from fake_runs import fake_run, frame
+from fake_runs import FakeForecast, fake_run, frame
 from orchestrator.results import claims, tables
 
 PAPER = tables.load_paper()
@@ -78,11 +78,6 @@ def test_model_memory_claim_flips(bottleneck_bytes, holds):
     c = claim(claims.check_claims({"table5": tables.table5(frame(), PAPER, computed)}, {}),
               "Bottleneck model memory")
     assert (c.holds, c.paper) == (holds, "3 of 3")
-
-
-class FakeForecast:
-    def __init__(self, dynamic, forward, model):
-        self.dynamic_peak_mb, self.forward_peak_mb, self.model_mb = dynamic, forward, model
 
 
 @pytest.mark.parametrize("bottleneck_dynamic, holds", [(1_700.0, True), (2_500.0, False)])

@@ -233,7 +233,7 @@ def test_plan_shows_a_peak_measured_before_beside_the_forecast_and_sizes_the_sha
     plan shows it beside the forecast, and g1's share is sized from it; g2 has none."""
     from mlflow.tracking import MlflowClient
 
-    from orchestrator.run.plan import fuse_groups, group_shape
+    from orchestrator.run.groups import fuse_groups, group_shape
     from orchestrator.run.sweep import expand, load_sweep
 
     path = write_sweep(tmp_path / "s.yaml", "measured", {"width": [16, 8], "regularizer": [False, True]},

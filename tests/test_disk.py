@@ -1,4 +1,4 @@
-"""A full disk as the orchestrator meets it (orchestrator/run/disk.py), from real errors:
+"""A full disk as the orchestrator meets it (orchestrator/disk.py), from real errors:
 SQLite's own "database or disk is full" through MLflow, and an ENOSPC write."""
 import errno
 import os
@@ -7,7 +7,9 @@ import pytest
 import sqlalchemy
 from mlflow.tracking import MlflowClient
 
-from orchestrator.run import disk, tracking
+from orchestrator import disk
+from orchestrator.store import client as store_client, write
+from orchestrator.store.uri import local_store
 
 
 @pytest.fixture
@@ -36,14 +38,14 @@ def test_a_full_sqlite_store_is_named_and_not_retried(full_sqlite, monkeypatch):
     uri, run_id, state = full_sqlite
     state["cap"] = True
     monkeypatch.setenv("SWEEP_TRACKING_RETRY_S", "600")
-    monkeypatch.setattr(tracking.time, "sleep", lambda s: pytest.fail("a full store was retried"))
-    logger = tracking.TrialLogger(uri, run_id)
+    monkeypatch.setattr(store_client.time, "sleep", lambda s: pytest.fail("a full store was retried"))
+    logger = write.TrialLogger(uri, run_id)
     with pytest.raises(Exception) as caught:
         for epoch in range(1, 200):            # the first writes may fit in the file's free pages
             logger.log_epoch(epoch, {f"m{i}": float(i) for i in range(200)})
     assert "database or disk is full" in str(caught.value)
     assert disk.no_space(caught.value) == ""
-    store = tracking.local_store(uri)
+    store = local_store(uri)
     assert disk.describe("", store.parent / "ckpt", uri) == \
         f"no space left on device: {store} (the tracking store {uri})"
     assert disk.describe("", store.parent, "http://host:5000") == \

@@ -29,8 +29,27 @@ def test_tables_with_an_unknown_scheme_is_one_line_exit_2(tmp_path, capsys, monk
                                  "http://host:5000", "https://host", "postgresql+psycopg2://u@h/db",
                                  "mysql://h/db", "databricks"])
 def test_known_schemes_resolve(uri):
-    from orchestrator.run.tracking import resolve_tracking_uri
+    from orchestrator.store.uri import resolve_tracking_uri
     assert resolve_tracking_uri(uri, None).endswith(uri.split("///")[-1])
+
+
+def test_one_precedence_for_every_command(tmp_path, monkeypatch):
+    """--tracking-uri, then $MLFLOW_TRACKING_URI, then the sweep's, then ./mlflow.db; the
+    sweep's is read only when it decides (tables: sweep files that disagree are an error
+    only then)."""
+    from orchestrator.store.uri import resolve_tracking_uri
+
+    def sweeps_disagree():
+        raise AssertionError("the sweep files were read although a flag or $MLFLOW_TRACKING_URI decides")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://env:5000")
+    assert resolve_tracking_uri("http://flag:5000", sweeps_disagree) == "http://flag:5000"
+    assert resolve_tracking_uri(None, sweeps_disagree) == "http://env:5000"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert resolve_tracking_uri(None, lambda: "sqlite:///sweep.db") == f"sqlite:///{tmp_path / 'sweep.db'}"
+    assert resolve_tracking_uri(None, "sqlite:///sweep.db") == f"sqlite:///{tmp_path / 'sweep.db'}"
+    assert resolve_tracking_uri(None, lambda: None) == f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
 def test_a_name_from_the_store_cannot_send_the_tables_outside_results(tmp_path):
@@ -96,13 +115,14 @@ def test_an_unwritable_tracking_store_is_caught_before_launch(tmp_path, capsys, 
     before Ray starts or a run exists; the storage folder on another disk is fine."""
     import errno
 
-    from orchestrator.run import driver, tracking
+    from orchestrator.run import driver
+    from orchestrator.store.client import ensure_store
 
     (tmp_path / "full").mkdir()
     store = tmp_path / "full" / ("mlflow.db" if exists else "new/mlflow.db")
     uri = f"sqlite:///{store}"
     if exists:
-        tracking.ensure_store(uri)
+        ensure_store(uri)
     sweep = write_sweep(tmp_path / "s.yaml", "edges", {"width": [16]}, storage_path=str(tmp_path / "ckpt"))
     monkeypatch.setattr(driver, "start_ray", lambda address: pytest.fail("Ray started"))
     _refuse_writes_under(monkeypatch, tmp_path / "full", getattr(errno, code))
@@ -136,16 +156,17 @@ def test_an_edited_sweep_names_its_superseded_runs_in_plan_and_status(tmp_path, 
     leaves behind and why, rather than only "2 new"."""
     from mlflow.tracking import MlflowClient
 
-    from orchestrator.run import tracking
     from orchestrator.run.sweep import expand, load_sweep
+    from orchestrator.store import write
+    from orchestrator.store.client import ensure_store
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     sweep = write_sweep(tmp_path / "s.yaml", "edited", {"width": [16, 8]}, storage_path=str(tmp_path / "ckpt"))
-    tracking.ensure_store(uri)
+    ensure_store(uri)
     c = MlflowClient(uri)
     exp = c.create_experiment("edited")
     for t in expand(load_sweep(sweep)):     # the sweep as it was: 2 epochs, both finished
-        rid = tracking.create_run(uri, exp, t, load_sweep(sweep), {}, t.config)
+        rid = write.create_run(uri, exp, t, load_sweep(sweep), {}, t.config)
         c.set_terminated(rid, "FINISHED")
     write_sweep(tmp_path / "s.yaml", "edited", {"width": [16, 8]}, base={"epochs": 3},
                 storage_path=str(tmp_path / "ckpt"))

@@ -5,7 +5,7 @@ import pytest
 
 from orchestrator.run.packing import (CUDA_RESERVE, GB, HEADROOM, Node, PackingError, allocator_cap,
                                       devices, needed_bytes, pack, repacked)
-from orchestrator.run.plan import fuse_groups
+from orchestrator.run.groups import fuse_groups
 from orchestrator.run.sweep import Trial
 from trainer.config import Config
 from trainer.estimates import Forecast
@@ -153,7 +153,7 @@ def test_real_forecasts_pack_a_paper_group_onto_an_80gb_gpu():
     group = [trial(f"t{i}", dataset="cifar10", width=(32, 16, 8)[i % 3], regularizer=bool(i % 2), seed=i)
              for i in range(6)]
     (formed,) = fuse_groups(group, fuse=8)
-    from orchestrator.run.plan import group_forecast
+    from orchestrator.run.groups import group_forecast
     placements, _ = pack([formed] * 16, group_forecast, ONE_80GB, None)   # 16 such groups
     f = group_forecast(formed)
     assert 0.5 * GB < f.peak < 2 * GB                                  # ~0.9 GB measured here
@@ -181,8 +181,8 @@ def test_a_resumed_trial_keeps_the_group_it_trained_in():
     """Float32 rounding depends on a group's members, so a resume that regrouped them would
     change their numbers: trials that trained some epochs go back into their recorded group
     (in its order, less those that finished), the trials not started are grouped anew."""
-    from orchestrator.run.plan import plan_groups
-    from orchestrator.run.tracking import RunState
+    from orchestrator.run.groups import plan_groups
+    from orchestrator.store.read import RunState
 
     trials = [trial(f"b5-{i}", batch_size=5, seed=i, width=(32, 16)[i % 2]) for i in range(8)]
     first = ("b5-5", "b5-0", "b5-3", "b5-6")                  # as the first run grouped them

@@ -16,6 +16,8 @@ import ray
 from ray import tune
 
 from orchestrator.run import driver
+from orchestrator.run.queue import JobQueue
+from orchestrator.run.trial import Job
 from orchestrator.run.packing import GB, Node, pack
 from orchestrator.run.sweep import Trial
 from trainer.config import Config
@@ -44,9 +46,9 @@ def where_trials_ran(resources: list[dict], folder: Path) -> list[int]:
             time.sleep(0.2)
         tune.report({"gpu": int(ray.get_gpu_ids()[0]), "together": len(list(folder.glob("*.started")))})
 
-    jobs = [driver.Job(f"g{i}", [], "unused", 1, {}, r) for i, r in enumerate(resources)]
+    jobs = [Job(f"g{i}", [], "unused", {}, r) for i, r in enumerate(resources)]
     tuner = tune.Tuner(tune.with_resources(probe, driver._resources),
-                       tune_config=tune.TuneConfig(search_alg=driver.JobQueue(jobs, "unused"), num_samples=-1),
+                       tune_config=tune.TuneConfig(search_alg=JobQueue(jobs, "unused"), num_samples=-1),
                        run_config=tune.RunConfig(storage_path=str(folder / "tune"), verbose=0))
     results = [r.metrics for r in tuner.fit()]
     assert all(r["together"] == len(resources) for r in results), results

@@ -1,17 +1,18 @@
-"""The one MLflow reader on a real SQLite store: shape, final values, paging, and no side effects
+"""The one MLflow reader (orchestrator/store/read.py) on a real SQLite store: shape, final values, paging, and no side effects
 (mlflow's global tracking URI untouched, no store created by a read)."""
 import pathlib
 
 import pandas as pd
 import pytest
 
-from orchestrator.results import ResultsError, reader
-from orchestrator.run.tracking import local_store
+from orchestrator.results.cells import load_runs
+from orchestrator.store import NotInStore, read
+from orchestrator.store.uri import local_store
 
 
 def test_load_runs_reads_final_metrics_and_typed_params(store):
     uri, ids = store
-    runs = reader.load_runs(["fake-smoke"], uri)
+    runs = load_runs(["fake-smoke"], uri).runs
     assert len(runs) == 5 and set(runs["experiment"]) == {"fake-smoke"}
     reg16 = runs[runs["run_id"] == ids[1]].iloc[0]
     assert reg16["metrics.test_accuracy"] == 45.0          # the final epoch's value
@@ -27,7 +28,7 @@ def test_runs_frame_is_the_frame_mlflow_search_runs_returns(store):
     uri, _ = store
     client = mlflow.MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name("fake-smoke").experiment_id
-    ours = reader.runs_frame(client.search_runs([exp]))
+    ours = read.runs_frame(client.search_runs([exp]))
     before = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)
     try:
@@ -40,23 +41,23 @@ def test_runs_frame_is_the_frame_mlflow_search_runs_returns(store):
 
 def test_load_runs_pages_through_every_run(store, monkeypatch):
     uri, ids = store
-    monkeypatch.setattr(reader, "PAGE", 2)                # 5 runs: pages of 2, 2, 1
-    assert sorted(reader.load_runs(["fake-smoke"], uri)["run_id"]) == sorted(ids)
+    monkeypatch.setattr(read, "PAGE", 2)                # 5 runs: pages of 2, 2, 1
+    assert sorted(load_runs(["fake-smoke"], uri).runs["run_id"]) == sorted(ids)
 
 
 def test_unknown_experiment_names_the_known_ones(store):
     uri, _ = store
-    with pytest.raises(ResultsError, match=r"no MLflow experiment named \['nope'\] at tracking URI "
+    with pytest.raises(NotInStore, match=r"no MLflow experiment named \['nope'\] at tracking URI "
                                            r"'sqlite:///.*'; it holds \['Default', 'fake-smoke'\]\. "
                                            r"Pass --tracking-uri"):
-        reader.load_runs(["nope"], uri)
+        load_runs(["nope"], uri)
 
 
 def test_load_artifact_json_returns_the_logged_dict_or_none(store):
     uri, ids = store
-    timeline = reader.load_artifact_json(ids[1], "memory_timeline.json", uri)
+    timeline = read.artifact_json(ids[1], "memory_timeline.json", uri)
     assert (timeline["width"], len(timeline["records"]), timeline["records"][-1]["phase"]) == (16, 22, "step_end")
-    assert reader.load_artifact_json(ids[0], "memory_timeline.json", uri) is None
+    assert read.artifact_json(ids[0], "memory_timeline.json", uri) is None
 
 
 def test_reading_never_touches_mlflows_global_tracking_uri(store, tmp_path, monkeypatch):
@@ -69,8 +70,8 @@ def test_reading_never_touches_mlflows_global_tracking_uri(store, tmp_path, monk
         def refuse(value):
             raise AssertionError(f"the reader set mlflow's global tracking URI to {value!r}")
         monkeypatch.setattr(mlflow, "set_tracking_uri", refuse)
-        assert len(reader.load_runs(["fake-smoke"], uri)) == 5
-        assert reader.load_artifact_json(ids[1], "memory_timeline.json", uri) is not None
+        assert len(load_runs(["fake-smoke"], uri).runs) == 5
+        assert read.artifact_json(ids[1], "memory_timeline.json", uri) is not None
         assert mlflow.get_tracking_uri() == f"sqlite:///{elsewhere}"
         assert not elsewhere.exists()
     finally:
@@ -81,8 +82,8 @@ def test_reading_never_touches_mlflows_global_tracking_uri(store, tmp_path, monk
 @pytest.mark.parametrize("scheme", ["sqlite:///", "file://", ""])
 def test_a_missing_store_is_an_error_and_is_not_created(tmp_path, scheme):
     missing = tmp_path / ("mlflow.db" if scheme.startswith("sqlite") else "mlruns")
-    with pytest.raises(ResultsError, match=rf"no MLflow store at {missing} .*; pass --tracking-uri"):
-        reader.load_runs(["table1"], f"{scheme}{missing}")
+    with pytest.raises(NotInStore, match=rf"no MLflow store at {missing} .*; pass --tracking-uri"):
+        load_runs(["table1"], f"{scheme}{missing}")
     assert list(tmp_path.iterdir()) == []
 
 

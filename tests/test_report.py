@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from orchestrator import cli
-from orchestrator.run import tracking
+from orchestrator.store import write
 from orchestrator.results import ResultsError, report
 from orchestrator.run.sweep import ARTEFACTS, SweepError
 
@@ -62,9 +62,9 @@ def test_write_results_by_experiment_name_renders_what_runs_support(store, tmp_p
 
 @pytest.fixture
 def attached(monkeypatch):
-    """The (run id, png) pairs each tracking.log_figures call got (nothing is written)."""
+    """The (run id, png) pairs each write.log_figures call got (nothing is written)."""
     calls = []
-    monkeypatch.setattr(tracking, "log_figures", lambda uri, pairs: calls.append(pairs))
+    monkeypatch.setattr(write, "log_figures", lambda uri, pairs: calls.append(pairs))
     return calls
 
 

@@ -7,9 +7,10 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestrator.results import reader, report, seeds, stats
+from orchestrator.results import report, seeds, stats
+from orchestrator.results.cells import load_runs
 from orchestrator.results.stats import Estimate
-from orchestrator.run import tracking
+from orchestrator.store import read, write
 from orchestrator.run.sweep import cell_key
 from trainer.config import Config
 
@@ -168,8 +169,8 @@ def test_one_parent_run_per_cell_nested_above_its_seeds(tmp_path, capsys):
     assert noreg.data.metrics["seeds"] == 2.0 and noreg.data.metrics["test_accuracy_mean"] == 15.0
 
     # a parent is not a trial: not in the tables' runs, nor among the trial keys (status)
-    assert sorted(reader.load_runs(["cells"], uri)["run_id"]) == sorted(reg + plain + [failed])
-    assert len(tracking.runs_by_key(uri, "cells")) == 5
+    assert sorted(load_runs(["cells"], uri).runs["run_id"]) == sorted(reg + plain + [failed])
+    assert len(read.runs_by_key(uri, "cells")) == 5
     csv = pd.read_csv(tmp_path / "out" / "table1.csv")
     assert set(csv["n"].dropna()) <= {0, 2}
 
@@ -223,7 +224,7 @@ def test_a_store_that_refuses_the_cell_runs_is_one_error_naming_the_way_out(tmp_
 
     def refuse(*_):
         raise OSError("attempt to write a readonly database")
-    monkeypatch.setattr(tracking, "write_cell_runs", refuse)
+    monkeypatch.setattr(write, "write_cell_runs", refuse)
     with pytest.raises(ResultsError, match=r"could not write the cells' parent runs to sqlite:///.*mlflow.db "
                                            r"\(OSError: attempt to write a readonly database\); pass "
                                            r"--no-cell-runs"):

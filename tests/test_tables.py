@@ -1,7 +1,7 @@
 """Tables from hand-built `mlflow.search_runs`-shaped DataFrames: cells, bold, reasons, exact text."""
 import pytest
 
-from fake_runs import fake_run, frame
+from fake_runs import FakeForecast, fake_run, frame
 from orchestrator.results import ResultsError, cells, render, tables
 
 PAPER = tables.load_paper()
@@ -81,7 +81,7 @@ def test_tables_note_and_report_list_the_superseded_runs():
     assert ("1 run(s) of an older configuration left out (epochs 3 -> 5): each cell uses its "
             "newest; report.md lists them") in table.notes
     from orchestrator.results import report
-    assert report.superseded_lines({"table1": table}, runs)[2:] == ["- run1 (run run1): epochs 3 -> 5"]
+    assert report.superseded_markdown({"table1": table}, runs)[2:] == ["- run1 (run run1): epochs 3 -> 5"]
 
 
 TABLE1_MD = """\
@@ -183,11 +183,6 @@ def test_table5_is_the_model_codes_bytes_beside_the_papers():
     assert ("| Total | 134,620,560 (model code) | 134,620,560 | 62,109,152 (model code) | 62,109,152 | "
             "— (not computed) | 60,524,000 | — (not computed) | 60,123,872 |") in md
     assert not tables.supported(tables.table5(frame(), PAPER, computed))   # no run behind it
-
-
-class FakeForecast:
-    def __init__(self, dynamic, forward, model):
-        self.dynamic_peak_mb, self.forward_peak_mb, self.model_mb = dynamic, forward, model
 
 
 def test_memory_peaks_puts_forecast_and_measured_beside_the_paper():

@@ -19,7 +19,6 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import DATASET_SIZES
 
 PATH = Path(__file__).with_name("calibration.json")
 CONSTANTS = ("t_op_s", "t_op_compiled_s", "flops_per_s")
@@ -110,7 +109,7 @@ def group_time(cfgs: list, cost, r: Rates, epochs_done: int = 0, threads: int = 
     steps = epochs * (cfg.train_size // cfg.batch_size)
     step = step_seconds(cost.ops_per_step, cost.flops_per_step, r, compiled, threads)
     chunk = eval_chunk_size(len(cfgs), cfg.image_size)
-    n_test = cfg.test_samples or DATASET_SIZES[cfg.dataset][1]
+    n_test = cfg.test_size
     images = cfg.train_size + n_test
     chunks = math.ceil(cfg.train_size / chunk) + math.ceil(n_test / chunk)
     evaluations = evaluated_epochs(cfg.epochs, cfg.eval_every, epochs_done)

@@ -42,15 +42,17 @@ ROLES = ("experiment", "replicate", "measurement", "execution")
 
 
 def knob(default, help: str, role: str = "experiment", per_member: bool = False,
-         resumable: bool = False):
+         resumable: bool = False, memory: bool | None = None):
     """A Config field with its meaning (`help`, shown by `python -m trainer --help`) and
     its rules (see the module docstring). `resumable`: an experiment field that may still
     change on resume (epochs: the trainer extends a finished checkpoint; a sweep, whose
     trial key holds epochs, runs another epochs as a new trial and names the old runs as
-    superseded: orchestrator/run/plan.py)."""
+    superseded: orchestrator/run/groups.py). `memory`: whether it changes a tensor's shape,
+    dtype or count, so the memory forecast depends on it (default: all but execution fields)."""
     assert role in ROLES, role
     return field(default=default, metadata=dict(help=help, role=role, per_member=per_member,
-                                                resumable=resumable or role == "execution"))
+                                                resumable=resumable or role == "execution",
+                                                memory=role != "execution" if memory is None else memory))
 
 
 
@@ -84,20 +86,20 @@ class Config:
     reg_pairs: str = knob("adjacent", "adjacent: (FC1,FC2)...(FC9,FC10); even: (FC2,FC4)...(FC8,FC10)",
                           per_member=True)
     alpha_first: float = knob(1e-4, "alpha_k on the first half of the bottleneck (paper: smaller)",
-                              per_member=True)
-    alpha_second: float = knob(1e-3, "alpha_k on the second half", per_member=True)
+                              per_member=True, memory=False)
+    alpha_second: float = knob(1e-3, "alpha_k on the second half", per_member=True, memory=False)
     reg_lambda: float = knob(1e-3, "lambda, weight of ||theta^(k)||^2 inside each L_u^(k) (Eq. 4)",
-                             per_member=True)
+                             per_member=True, memory=False)
     # --- optimisation (trainer/train.py) ---
     batch_size: int = knob(5, "mini-batch size L (paper: 5, 7, 9; vanilla also 16, 64)")
     epochs: int = knob(200, "epochs to train (paper: 200); may grow when a trial resumes",
-                       resumable=True)
-    lr: float = knob(0.01, "SGD learning rate (paper: 0.01)")
+                       resumable=True, memory=False)
+    lr: float = knob(0.01, "SGD learning rate (paper: 0.01)", memory=False)
     momentum: float = knob(0.0, "SGD momentum (paper: plain SGD, 0)")
-    weight_decay: float = knob(0.0, "SGD's own L2 (separate from lambda above)")
+    weight_decay: float = knob(0.0, "SGD's own L2 (separate from lambda above)", memory=False)
     dtype: str = knob("float32", "float32 | float64 (for verification on a CPU)")
     seed: int = knob(0, "seeds init, data order, augmentation and dropout (not the data itself)",
-                     role="replicate", per_member=True)
+                     role="replicate", per_member=True, memory=False)
     device: str = knob("auto", "auto (cuda if available) | cpu | cuda", role="execution")
     threads: int = knob(0, "torch CPU threads; 0 = the CPUs this process may use", role="execution")
     compile: str = knob("off", "torch.compile the training step: off | default | reduce-overhead "
@@ -109,11 +111,13 @@ class Config:
     # --- measurements (trainer/memory.py, trainer/analysis.py) ---
     memory_timeline: bool = knob(False, "record Figure 3's allocated-memory timeline (CUDA only)",
                                  role="measurement")
-    timeline_steps: int = knob(50, "steps of the first epoch the timeline covers", role="measurement")
+    timeline_steps: int = knob(50, "steps of the first epoch the timeline covers", role="measurement",
+                               memory=False)
     representation_analysis: bool = knob(False, "Figures 4-5: t-SNE + LDA of cat/dog activations "
-                                                "at the end", role="measurement", per_member=True)
+                                                "at the end", role="measurement", per_member=True,
+                                          memory=False)
     analysis_samples: int = knob(500, "test (and train) samples per class used by the analysis",
-                                 role="measurement", per_member=True)
+                                 role="measurement", per_member=True, memory=False)
 
     @property
     def num_classes(self) -> int:
@@ -123,6 +127,11 @@ class Config:
     def train_size(self) -> int:
         """Training images one epoch goes through."""
         return self.train_samples or DATASET_SIZES[self.dataset][0]
+
+    @property
+    def test_size(self) -> int:
+        """Test images an evaluation goes through."""
+        return self.test_samples or DATASET_SIZES[self.dataset][1]
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -195,6 +204,20 @@ RESUMABLE = fields_where(resumable=True)
 IDENTITY = frozenset(FIELDS) - fields_where(role="execution")
 # Fields that may differ inside a fused group; all others must agree (trainer/fused.py).
 PER_MEMBER = fields_where(per_member=True)
+# Fields that change no tensor's shape, dtype or count: a memory forecast ignores them, so
+# the seeds and alphas of a sweep share one (trainer/forecast.py, trainer/estimates.py).
+NO_MEMORY = fields_where(memory=False)
+# Fields that change no op, no FLOP and no byte of a step or an evaluation chunk (the
+# measured costs' cache key leaves them out: trainer/estimates.py): NO_MEMORY less those
+# that may change which kernels run (a weight decay, the regularizer's weights). A wrongly
+# shared cost is silent, a second fake run is ~1-10 s.
+NO_COST = NO_MEMORY - {"alpha_first", "alpha_second", "reg_lambda", "weight_decay"}
+
+
+def trains_alone(config: dict) -> bool:
+    """Whether a trial (its Config.to_dict()) must train alone, never fused: a memory
+    timeline measures one trial's memory."""
+    return bool(config["memory_timeline"])
 
 
 def check_type(value, kind, key: str, source: str):

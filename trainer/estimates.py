@@ -18,6 +18,8 @@ import os
 import pathlib
 from dataclasses import dataclass, field
 
+from .config import NO_COST
+
 MB = 2 ** 20
 
 
@@ -85,14 +87,6 @@ EVAL_BATCH = 1000     # 32x32 images per forward pass when measuring accuracy (e
 def eval_chunk_size(n: int, image_size: int) -> int:
     """Images per evaluation forward pass of a group of n: EVAL_BATCH 32x32 images' worth."""
     return max(1, EVAL_BATCH // (n * (image_size // 32) ** 2))
-
-
-# Config fields that change no op, no FLOP and no byte of a step or an evaluation chunk:
-# left out of the cache key. Everything else (regularizer, reg_pairs, alphas, widths,
-# batch, image size, arch, divisor, dtype, momentum, weight decay, ...) is kept, even where
-# it may not matter today: a wrongly shared cost is silent, a second fake run is ~1-10 s.
-NO_COST = {"seed", "epochs", "eval_every", "checkpoint_every", "data_dir", "device", "threads",
-           "compile", "timeline_steps", "representation_analysis", "analysis_samples", "lr"}
 
 
 def cost_key(configs: list[dict]) -> tuple[str, ...]:

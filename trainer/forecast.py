@@ -16,7 +16,7 @@ on the device, the epoch's draws, the batch, activations kept for backward, grad
 momentum and every temporary. What it cannot see: cuDNN/cuBLAS workspaces (allocated
 inside library calls), the CUDA context (~0.3-0.5 GB, outside the allocator),
 fragmentation, and the extra memory cudnn.benchmark tries in the first steps. The packer
-(orchestrator/run/plan.py) adds headroom for those.
+(orchestrator/run/groups.py) adds headroom for those.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.weak import WeakIdKeyDictionary
 
-from .config import DATASET_SIZES, Config
+from .config import NO_MEMORY, Config
 from .estimates import Forecast
 from .data import Data, EpochPlan, epoch_seed, group_batch, resident_bytes
 from .memory import model_bytes
@@ -98,8 +98,7 @@ def step_objects(cfgs: list[Config], device="cpu", steps: int = 2):
                       for i, c in enumerate(cfgs)), key=lambda m: -m.cfg.width)
     for m in members:
         m.generator.manual_seed(epoch_seed(m.cfg.seed, 1))
-    n_train = cfg.train_samples or DATASET_SIZES[cfg.dataset][0]
-    n_test = cfg.test_samples or DATASET_SIZES[cfg.dataset][1]
+    n_train, n_test = cfg.train_size, cfg.test_size
     zeros = functools.partial(torch.zeros, device=device)
     data = Data(zeros(n_train, 3, 32, 32, dtype=torch.uint8), zeros(n_train, dtype=torch.int64),
                 zeros(n_test, 3, 32, 32, dtype=torch.uint8), zeros(n_test, dtype=torch.int64),
@@ -137,20 +136,13 @@ def forecast(cfgs: list[Config], steps: int = 2) -> Forecast:
         return step_peaks(cfgs, counter, "cpu", steps)
 
 
-# Config fields that change no tensor's shape, dtype or count: left out of the cache key,
-# so the seeds and alphas of a sweep share one forecast.
-NO_MEMORY = {"seed", "alpha_first", "alpha_second", "reg_lambda", "lr", "weight_decay", "epochs",
-             "eval_every", "checkpoint_every", "data_dir", "device", "threads", "compile",
-             "timeline_steps", "representation_analysis", "analysis_samples"}
-
-
 def forecast_configs(configs: list[dict]) -> Forecast:
     """`forecast` of these trial configs (dicts), cached by what sets their memory."""
     key = tuple(sorted(json.dumps({k: v for k, v in c.items() if k not in NO_MEMORY}, sort_keys=True)
                        for c in configs))
-    return _cached(key)
+    return _forecast_once(key)
 
 
 @functools.lru_cache(maxsize=None)
-def _cached(key: tuple[str, ...]) -> Forecast:
+def _forecast_once(key: tuple[str, ...]) -> Forecast:
     return forecast([Config.from_dict(json.loads(k)) for k in key])

@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 import torch
 
 from . import checkpoint, faults
-from .config import PER_MEMBER, Config, available_cpus
+from .config import PER_MEMBER, Config, available_cpus, trains_alone
 from .data import Data, EpochPlan, epoch_seed, group_batch, load_data, resident_bytes, steps_per_epoch
 from .errors import ConfigError, NonFiniteLoss, TrialError
 from .estimates import eval_chunk_size
@@ -83,7 +83,7 @@ def check_fusable(cfgs: list[Config]) -> Config:
         if name not in PER_MEMBER and len(set(map(repr, values))) > 1:
             raise ConfigError(f"these trials cannot train as one group: {name} differs ({values}); "
                               f"only {sorted(PER_MEMBER)} may differ inside a group")
-    if len(cfgs) > 1 and cfgs[0].memory_timeline:
+    if len(cfgs) > 1 and trains_alone(cfgs[0].to_dict()):
         raise ConfigError("memory_timeline measures one trial's memory: train it alone, not fused")
     return cfgs[0]
 

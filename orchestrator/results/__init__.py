@@ -1,10 +1,11 @@
 """Building results: the paper's tables, figures, claims and report.md, from MLflow.
 
-The other half of the orchestrator runs sweeps and writes to MLflow (orchestrator/run/tracking.py);
-this package only reads MLflow, through `reader` (the one reader), and is otherwise pure:
+The other half of the orchestrator runs sweeps (orchestrator/run/). This package reads
+MLflow through orchestrator/store/read.py and writes only the cells' parent runs and the
+figures (store/write.py, when asked); the rest is pure:
 
-    reader.py   MLflow -> runs DataFrame, run artifacts (explicit tracking URI, read-only)
-    cells.py    Cell/Row/Table; `prepare`, `select`, `summarize` (runs -> one table cell)
+    cells.py    Cell/Row/Table; `load_runs` (MLflow -> prepared runs), `prepare`, `select`,
+                `summarize` (runs -> one table cell)
     tables.py   the paper's tables (TABLES registry) from runs + paper.yaml
     claims.py   the paper's claims checked on our tables
     render.py   Table -> Markdown / LaTeX / CSV
@@ -17,5 +18,5 @@ Submodules are not imported here, so `cells` and `tables` load without matplotli
 
 
 class ResultsError(ValueError):
-    """Results cannot be built as asked (no such store or experiment, bad format or folder):
+    """Results cannot be built as asked (bad format or folder, sweeps that disagree):
     the message names the input and the fix; the command line prints it as one `error:` line."""

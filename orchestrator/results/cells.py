@@ -1,10 +1,10 @@
-"""Table cells from runs: the DataFrame `reader.load_runs` returns, pooled into Cells.
+"""Table cells from runs: the DataFrame `load_runs` returns, pooled into Cells.
 
 Pure functions of the runs DataFrame (columns `run_id`, `status`, `start_time`,
 `params.*` (cast by `prepare`), `metrics.*` (last logged value = final epoch), `tags.*`),
 so tests build it by hand. The paper's tables (tables.py) are made of these:
 
-    runs = reader.load_runs(["table1"], tracking_uri)      # prepared DataFrame
+    runs = load_runs(["table1"], tracking_uri).runs       # prepared DataFrame
     cell = summarize(runs, "test_accuracy", arch="bottleneck", batch_size=9, width=32)
 
 A cell pools the FINISHED runs of one configuration (its seeds): mean ± sample std
@@ -17,11 +17,13 @@ runs lack.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 
 from orchestrator.results.stats import mean_interval
+from orchestrator.store import TRIAL_KEY_TAG
 from trainer.config import DATASET_CLASSES, DEFAULTS, NOT_EXPERIMENT, TYPES as CONFIG_TYPES, Config
 
 # Why a FINISHED run has no value for a metric.
@@ -33,6 +35,22 @@ MISSING_METRIC = {
 }
 STATUS_REASON = {"RUNNING": "running", "SCHEDULED": "running", "FAILED": "failed", "KILLED": "killed"}
 REASON_ORDER = ["running", "failed", "killed"]   # then missing-metric reasons
+
+
+class Loaded(NamedTuple):
+    """The runs of a sweep's experiments as the tables take them."""
+    runs: pd.DataFrame        # trial runs, prepared, each one the tables may use
+    parents: pd.DataFrame     # the cells' parent runs (results/seeds.py), unprepared
+    left_out: pd.DataFrame    # trial runs with a param that cannot be read, and why (usable)
+
+
+def load_runs(experiment_names: list[str], tracking_uri: str) -> Loaded:
+    """The named experiments' runs from MLflow (orchestrator/store/read.py), prepared."""
+    from orchestrator.store import read
+
+    runs, parents = read.experiment_runs(experiment_names, tracking_uri)
+    ok, odd = usable(prepare(runs))
+    return Loaded(ok, parents, odd)
 
 
 def usable(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -89,10 +107,11 @@ def prepare(runs: pd.DataFrame) -> pd.DataFrame:
         if "metrics.dynamic_peak_memory_mb" in runs:
             runs["metrics.total_peak_memory_mb"] = (runs["metrics.dynamic_peak_memory_mb"]
                                                     + runs["metrics.model_total_bytes"] / 2 ** 20)
-    if "tags.trial_key" in runs and len(runs):
+    key = f"tags.{TRIAL_KEY_TAG}"
+    if key in runs and len(runs):
         order = runs.sort_values("start_time") if "start_time" in runs else runs
-        keyed = order[order["tags.trial_key"].notna()].drop_duplicates("tags.trial_key", keep="last")
-        runs = pd.concat([keyed, order[order["tags.trial_key"].isna()]]).sort_index()
+        keyed = order[order[key].notna()].drop_duplicates(key, keep="last")
+        runs = pd.concat([keyed, order[order[key].isna()]]).sort_index()
     return runs
 
 

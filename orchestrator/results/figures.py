@@ -19,8 +19,8 @@ written by trainer/memory.py MemoryTimeline):
      "lda_accuracy": {layer: float}}             # %, cross-validated LDA on the 2-D points
 
 Drawing is pure (dict -> PNG). `make_figures` picks the runs and reads their artifacts
-through orchestrator/results/reader.py (the one MLflow reader);
-orchestrator.run.tracking.log_figures writes them back to MLflow, as artifacts of the runs
+through orchestrator/store/read.py (the one MLflow reader);
+orchestrator.store.write.log_figures writes them back to MLflow, as artifacts of the runs
 they come from (report.write_results with attach_figures=True).
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
 import pandas as pd  # noqa: E402
 
-from orchestrator.results import reader  # noqa: E402
+from orchestrator.store import read  # noqa: E402
 from trainer.config import NOT_EXPERIMENT, TYPES as CONFIG_TYPES  # noqa: E402
 
 PHASE_COLORS = {"fwd1": "tab:red", "fwd2": "tab:green", "bwd2": "gold", "bwd1": "tab:purple",
@@ -41,6 +41,7 @@ PHASE_COLORS = {"fwd1": "tab:red", "fwd2": "tab:green", "bwd2": "gold", "bwd1": 
 PHASE_NAMES = {"fwd1": "fwd1 (conv forward)", "fwd2": "fwd2 (FC forward)",
                "bwd2": "bwd2 (FC backward)", "bwd1": "bwd1 (conv backward)",
                "step_end": "optimizer step"}
+FIGURES = ("figure3", "figure4", "figure5")   # the paper's figures this module draws
 CLASS_NAMES = {3: "cat", 5: "dog"}   # CIFAR-10 ids of the two classes of Figures 4-5
 
 
@@ -144,14 +145,14 @@ def make_figures(runs: pd.DataFrame, out_dir: pathlib.Path, tracking_uri: str,
     """Draw the requested figures from the runs' artifacts.
 
     Returns (pairs, notes, analyses): pairs = (run_id, png) for every figure and each run it
-    comes from (log them with orchestrator.run.tracking.log_figures); notes = artefact -> why nothing was
+    comes from (log them with orchestrator.store.write.log_figures); notes = artefact -> why nothing was
     drawn; analyses = figure-4/5 name -> {"without": dict|None, "with": dict|None} for claims.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     pairs, notes, analyses = [], {}, {}
     if "figure3" in artefacts:
         for _, run in _finished_with(runs, "memory_timeline").iterrows():
-            timeline = reader.load_artifact_json(run["run_id"], "memory_timeline.json", tracking_uri)
+            timeline = read.artifact_json(run["run_id"], "memory_timeline.json", tracking_uri)
             if timeline is None:
                 continue
             name = _run_name(run)
@@ -170,7 +171,7 @@ def make_figures(runs: pd.DataFrame, out_dir: pathlib.Path, tracking_uri: str,
         for _, group in chosen.groupby(keys, dropna=False, sort=True) if len(chosen) else []:
             found = {}
             for _, run in group.sort_values("params.regularizer").iterrows():
-                data = reader.load_artifact_json(run["run_id"], "representation_analysis.json", tracking_uri)
+                data = read.artifact_json(run["run_id"], "representation_analysis.json", tracking_uri)
                 if data is not None:
                     found[bool(run["params.regularizer"])] = (run, data)
             if not found:

@@ -6,8 +6,7 @@ Entry point for `python -m orchestrator tables SWEEP...` and the end of `run`:
 
 writes the tables (render.py, one file per format), the figures (figures.py) and report.md
 (provenance, the claims of claims.py checked on our numbers, tables, figures). It reads
-MLflow (reader.py) and writes to it, through orchestrator.run.tracking (the one MLflow
-writer), only when asked: `cell_runs=True` keeps one parent run per cell above its seeds
+MLflow (orchestrator/store/read.py) and writes to it (store/write.py) only when asked: `cell_runs=True` keeps one parent run per cell above its seeds
 (seeds.py; `run` and `tables` do, unless `tables --no-cell-runs`), `attach_figures=True`
 attaches each figure to the runs it comes from (`run` does, `tables` with --attach-figures).
 
@@ -18,15 +17,17 @@ from __future__ import annotations
 
 import datetime
 import pathlib
+import sys
 from typing import NamedTuple, Sequence
 
 import pandas as pd
 
-from orchestrator.run import tracking
-from orchestrator.results import ResultsError, figures, reader, render, seeds, tables
-from orchestrator.results.cells import Table, select
+from orchestrator.results import ResultsError, figures, render, seeds, tables
+from orchestrator.results.cells import Table, load_runs, select
 from orchestrator.results.claims import Claim, check_claims, claims_markdown
-from orchestrator.run.sweep import ARTEFACTS, check_name, expand, load_sweep
+from orchestrator.run.sweep import check_name, load_sweep
+from orchestrator.store import NotInStore, read, write
+from orchestrator.store.client import is_store_error
 from trainer.config import TYPES as CONFIG_TYPES, Config
 from trainer.forecast import forecast_configs
 
@@ -53,7 +54,7 @@ def report_markdown(names: list[str], runs: pd.DataFrame, built: dict[str, Table
              f"git commits {', '.join(c[:10] for c in commits) or 'not tagged'}.",
              f"Paper values: orchestrator/results/paper.yaml. Ours: {METRICS[metric]}.",
              *left_out_lines(left_out),
-             *superseded_lines(built, runs),
+             *superseded_markdown(built, runs),
              "", "## Claims", "", claims_markdown(claims) if claims else "No claim rests on the built tables.",
              "", "## Tables", ""]
     lines += [render.to_markdown(t) for t in built.values()]
@@ -76,7 +77,7 @@ def left_out_lines(left_out: pd.DataFrame | None) -> list[str]:
     return lines
 
 
-def superseded_lines(built: dict[str, Table], runs: pd.DataFrame) -> list[str]:
+def superseded_markdown(built: dict[str, Table], runs: pd.DataFrame) -> list[str]:
     """One line per run a table cell leaves out for a newer configuration of the same cell
     (an edited sweep: epochs 3 -> 5; cells.newest_configuration)."""
     found = {s for t in built.values() for row in t.rows for c in row.ours if c for s in c.superseded}
@@ -156,7 +157,7 @@ def compute_from_code(sweeps: list, runs: pd.DataFrame, wanted: set[str], auto: 
                    for r in table5_rows() if r["image_size"] == 32}
     if not (auto or "memory_peaks" in wanted):
         return tables.Computed(model_bytes)
-    configs = [t.config for sweep in sweeps for t in expand(sweep)]
+    configs = [t.config for sweep in sweeps for t in sweep.trials]
     configs += [{k[len("params."):]: v for k, v in run.items() if k.startswith("params.") and pd.notna(v)}
                 for _, run in select(runs, memory_timeline=True).iterrows()]
     forecasts = {}
@@ -171,7 +172,7 @@ def compute_from_code(sweeps: list, runs: pd.DataFrame, wanted: set[str], auto: 
 
 def sweep_tracking_uri(sources: list[str]) -> str | None:
     """The `tracking_uri:` the sweep files among `sources` name (None: none does), for the
-    caller to resolve as `run` does (tracking.resolve_tracking_uri)."""
+    caller to resolve as `run` does (resolve_tracking_uri)."""
     uris = resolve_sources(sources).uris
     if len(uris) > 1:
         raise ResultsError(f"the sweep files name different tracking URIs {sorted(uris)}; "
@@ -184,10 +185,10 @@ def update_cell_runs(runs: pd.DataFrame, parents: pd.DataFrame, tracking_uri: st
     many were created or replaced (0: every cell's parent is up to date)."""
     writes = seeds.plan_writes(seeds.cell_groups(runs), parents)
     created = [w.cell for w in writes if w.keep is None]
-    histories = reader.metric_histories({r for c in created for r in c.finished},
-                                        seeds.CELL_METRICS, tracking_uri)
+    histories = read.metric_histories({r for c in created for r in c.finished},
+                                      seeds.CELL_METRICS, tracking_uri)
     try:
-        tracking.write_cell_runs(tracking_uri, writes, {(c.experiment_id, c.key): seeds.summarize_cell(c, histories)
+        write.write_cell_runs(tracking_uri, writes, {(c.experiment_id, c.key): seeds.summarize_cell(c, histories)
                                                         for c in created})
     except Exception as err:   # MlflowException, sqlalchemy's OperationalError (read-only file), ...
         raise ResultsError(f"could not write the cells' parent runs to {tracking_uri} "
@@ -255,15 +256,15 @@ def write_results(sources: list[str], tracking_uri: str, formats: Sequence[str] 
         raise ResultsError(f"unknown --metric {metric!r}; choose {' or '.join(METRICS)}")
     names, wanted, auto, _, sweeps = resolve_sources(sources)
     out = output_folder(out_dir, names)
-    runs, parents, left_out = reader.load_runs_and_cells(names, tracking_uri)
+    runs, parents, left_out = load_runs(names, tracking_uri)
     if cell_runs:
         changed = update_cell_runs(runs, parents, tracking_uri)
         if changed:
             print(f"MLflow: {changed} cell run(s) written, one per configuration above its seeds")
     if metric == "best":
         finished = runs.loc[runs["status"] == "FINISHED", "run_id"] if len(runs) else []
-        runs = seeds.at_best_epoch(runs, reader.metric_histories(finished, seeds.CELL_METRICS,
-                                                                 tracking_uri))
+        runs = seeds.at_best_epoch(runs, read.metric_histories(finished, seeds.CELL_METRICS,
+                                                               tracking_uri))
     paper = tables.load_paper()
     computed = compute_from_code(sweeps, runs, wanted, auto)
     built = {key: make(runs, paper, computed) for key, make in tables.TABLES.items()}
@@ -272,11 +273,11 @@ def write_results(sources: list[str], tracking_uri: str, formats: Sequence[str] 
         built[key].notes.append(tables.EPOCH_NOTE[metric])
     out.mkdir(parents=True, exist_ok=True)
     written = _write_tables(built, formats, out, ci)
-    fig_wanted = {a for a in ARTEFACTS if a.startswith("figure") and (auto or a in wanted)}
+    fig_wanted = {a for a in figures.FIGURES if auto or a in wanted}
     pairs, notes, analyses = figures.make_figures(runs, out, tracking_uri, fig_wanted)
     notes = {k: v for k, v in notes.items() if k in wanted}   # silent about figures nobody asked for
     if attach_figures and pairs:
-        tracking.log_figures(tracking_uri, pairs)
+        write.log_figures(tracking_uri, pairs)
     pngs = sorted({p for _, p in pairs})
     report = out / "report.md"
     report.write_text(report_markdown(names, runs, built, check_claims(built, analyses), pngs, notes,
@@ -285,3 +286,29 @@ def write_results(sources: list[str], tracking_uri: str, formats: Sequence[str] 
     for path in written:
         print(path)
     return written
+
+
+def tables_after_run(sweep, uri: str) -> int:
+    """`run`'s last step: the sweep's tables and report, exactly as `tables` writes them,
+    one parent run per cell above its seeds, and each figure attached to the runs it comes
+    from. Returns `run`'s exit code for it: 0, 2 (a set-up error), 1 (not built: the runs
+    are safe in MLflow, and the line says how to build the tables later)."""
+    out = pathlib.Path("results") / sweep.name
+    try:
+        paths = write_results([str(sweep.path)], uri, out_dir=str(out), attach_figures=True,
+                              cell_runs=True)
+    except (ResultsError, NotInStore) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:   # the runs are safe in MLflow either way: the tables can wait
+        what = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}"
+        if is_store_error(err):
+            print(f"error: the tables were not built: the store did not answer ({what}); build them "
+                  f"with `python -m orchestrator tables {sweep.path}` once {uri} answers", file=sys.stderr)
+        else:
+            print(f"error: the tables were not built: {what}. The runs are safe in MLflow; "
+                  f"`python -m orchestrator tables {sweep.path}` shows the whole traceback (a bug "
+                  f"in the tables: please report it with that)", file=sys.stderr)
+        return 1
+    print(f"tables and report: {out}/ ({len(paths)} files)")
+    return 0

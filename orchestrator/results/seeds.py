@@ -1,12 +1,12 @@
 """Seeds as one result: each cell (a configuration without its seed) summarized over its
 FINISHED seed runs, per epoch and at each run's best epoch. Pure functions of the runs
-DataFrame (reader.load_runs) and the runs' metric histories (reader.metric_histories).
+DataFrame (cells.load_runs) and the runs' metric histories (store/read.metric_histories).
 
     groups = cell_groups(runs)                    # CellSeeds per (experiment, cell key)
     writes = plan_writes(groups, parents)         # what to create, re-nest, delete in MLflow
     summary = summarize_cell(group, histories)    # per-epoch mean/std/n, best-epoch values
 
-`run` and `tables` keep one MLflow parent run per cell (orchestrator/run/tracking.py
+`run` and `tables` keep one MLflow parent run per cell (orchestrator/store/write.py
 write_cell_runs), nested above its seeds with MLflow's `mlflow.parentRunId` tag, so the
 UI's runs table shows one expandable row per cell and its charts plot the mean curves.
 MLflow's metric history is append-only: a parent whose FINISHED seeds changed (a seed
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from orchestrator.run.sweep import cell_key
-from orchestrator.run.tracking import CELL_TAG, DIGEST_TAG, PARENT_TAG
+from orchestrator.store import CELL_TAG, DIGEST_TAG, PARENT_TAG
 from trainer.config import DEFAULTS, EXPERIMENT
 
 # Per-epoch metrics a cell summarizes (what the trainer logs each evaluated epoch).
@@ -137,7 +137,7 @@ class CellWrite:
 
 
 def plan_writes(groups: list[CellSeeds], parents: pd.DataFrame) -> list[CellWrite]:
-    """Compare each cell with its existing parent runs (reader: the experiments' runs that
+    """Compare each cell with its existing parent runs (cells.load_runs: the experiments' runs that
     carry the cell tag): keep one whose digest matches (delete any duplicates), else
     replace them all. Cells with nothing to change are left out."""
     out = []
@@ -166,7 +166,7 @@ def summarize_cell(cell: CellSeeds, histories: dict[str, dict[str, dict[int, flo
     """Per epoch, the mean, std and n of each CELL_METRICS over the FINISHED seeds that
     logged it; and each metric at every seed's best epoch.
 
-    histories: run id -> metric -> epoch -> value (reader.metric_histories).
+    histories: run id -> metric -> epoch -> value (store/read.metric_histories).
     """
     curves = {}
     for metric in CELL_METRICS:

@@ -5,7 +5,7 @@ columns of the paper's table, our pooled cells (cells.summarize) beside the publ
 values of orchestrator/results/paper.yaml, and notes where our runs differ from the
 paper's training setup (`training:` in paper.yaml).
 
-    runs = reader.load_runs(["table1"], tracking_uri)     # prepared DataFrame
+    runs = cells.load_runs(["table1"], tracking_uri).runs   # prepared DataFrame
     table = TABLES["table1"](runs, load_paper())          # -> Table (cells, paper values, bold)
     render.to_markdown(table)                             # orchestrator/results/render.py
 """

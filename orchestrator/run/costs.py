@@ -33,12 +33,12 @@ def group_costs(groups: list[list[Trial]], states: dict, kind: str = "cuda",
                 threads: int = 1, measured: dict | None = None) -> list[GroupCost]:
     """Each group's remaining time alone on one device of `kind` (cuda, or cpu with
     `threads`), its step's memory forecast (one cached fake run gives both) and the peak
-    measured before for its shape (`measured`: tracking.measured_peaks)."""
+    measured before for its shape (`measured`: read.measured_peaks)."""
     from trainer.calibration import group_time, rates
     from trainer.config import Config
     from trainer.estimates import cost_configs
 
-    from .plan import group_forecast, group_shape
+    from .groups import group_forecast, group_shape
 
     out = []
     for group in groups:

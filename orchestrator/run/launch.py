@@ -21,11 +21,16 @@ from pathlib import Path
 
 from trainer.errors import TrialError
 
-from . import costs, disk, packing, provenance, tracking
+from orchestrator import disk
+from orchestrator.store import StoreUnreachable, read, write
+from orchestrator.store.client import ensure_store, is_store_error
+from orchestrator.store.uri import local_store
+
+from . import costs, packing, provenance
 from .lease import Lease, alive
 from .packing import Devices, devices, pack
-from .plan import group_forecast, group_name, group_shape, plan_groups, sizing_forecast
-from .sweep import Sweep, SweepError, Trial, expand
+from .groups import group_forecast, group_name, group_shape, plan_groups, sizing_forecast
+from .sweep import Sweep, SweepError, Trial
 
 # A sweep forecast (orchestrator/run/costs.py) to take longer than this on a CPU-only
 # cluster needs --yes: it was meant for GPUs.
@@ -40,7 +45,7 @@ class RunPlan:
     sweep: Sweep
     uri: str
     trials: list[Trial]
-    states: dict                     # trial_key -> tracking.RunState
+    states: dict                     # trial_key -> read.RunState
     groups: list[list[Trial]]        # fused groups of the trials to run (new or resuming)
     at_once: Devices                 # how many groups run at once, and why (packing.devices)
     measured: dict                   # group shape -> peak bytes measured before (tracking)
@@ -61,12 +66,12 @@ class Options:
 def make_plan(sweep: Sweep, uri: str, nodes: list) -> RunPlan:
     """What `run` would do on a cluster of `nodes` (packing.Node): the trials MLflow does
     not hold as FINISHED, in groups formed for the devices the cluster runs at once."""
-    states = tracking.runs_by_key(uri, sweep.name)
-    trials = expand(sweep)
+    states = read.runs_by_key(uri, sweep.name)
+    trials = sweep.trials
     todo = [t for t in trials if t.key not in states or states[t.key].status != "FINISHED"]
     at_once = devices(nodes, sweep.resources, sweep.max_concurrent)
     return RunPlan(sweep, uri, trials, states, plan_groups(todo, states, sweep.fuse, at_once.count), at_once,
-                   tracking.measured_peaks(uri) if todo else {})
+                   read.measured_peaks(uri) if todo else {})
 
 
 def local_nodes(gpus: int | None = None) -> list:
@@ -93,12 +98,12 @@ def preflight(plan: RunPlan, storage: Path) -> None:
         raise SweepError(f"storage {storage}: cannot write in {err.filename} ({err.strerror}); "
                          f"pass --storage (or storage_path:) a folder every node can write"
                          + (", or free space there" if err.errno in disk.NO_SPACE else ""))
-    store = tracking.local_store(plan.uri)
+    store = local_store(plan.uri)
     if store is not None:
         folder = store.parent if plan.uri.startswith("sqlite:") else store   # else a file store
         err = disk.write_probe(folder) or (disk.open_for_writing(store) if store.is_file() else None)
         if err is not None:
-            raise tracking.StoreUnreachable(
+            raise StoreUnreachable(
                 f"tracking store {plan.uri}: cannot write {err.filename} ({err.strerror}); "
                 + ("free space there, or " if err.errno in disk.NO_SPACE else "")
                 + "pass --tracking-uri (or set MLFLOW_TRACKING_URI) to a store this machine can write")
@@ -121,7 +126,7 @@ def launch(plan: RunPlan, storage: Path, options: Options) -> int:
     if note:
         print(f"note: {note}")
     try:
-        holder, age = tracking.heartbeat(uri, sweep.name)
+        holder, age = read.heartbeat(uri, sweep.name)
         if alive(holder, age) and holder.get("id") != lease.me["id"]:
             raise SweepError(f"another `run` of sweep {sweep.name} is active with another storage "
                              f"folder (pid {holder.get('pid')} on {holder.get('host')}, heartbeat "
@@ -146,7 +151,7 @@ def launch(plan: RunPlan, storage: Path, options: Options) -> int:
 
 def _launch(plan: RunPlan, storage: Path, options: Options, lease: Lease, cluster: dict,
             nodes: list) -> int:
-    from . import driver
+    from . import driver              # Ray (~1 s to import): only when a sweep launches
 
     sweep, uri = plan.sweep, plan.uri
     placements, warnings = pack(plan.groups, sizing_forecast(plan.measured), nodes, sweep.resources)
@@ -165,7 +170,7 @@ def _launch(plan: RunPlan, storage: Path, options: Options, lease: Lease, cluste
     else:
         from trainer.calibration import rates
 
-        threads = max(1, int(first.get("cpu", 1)))
+        threads = packing.threads(first)
         rows = costs.group_costs(groups, plan.states, "cpu", threads)
         hours = costs.cpu_wall_hours(rows, first.get("cpu", 1), cluster.get("CPU", 1))
         print(f"forecast on these CPUs (no GPU): {hours:,.1f} h wall, "
@@ -176,45 +181,44 @@ def _launch(plan: RunPlan, storage: Path, options: Options, lease: Lease, cluste
                   f"(no GPU). Run it on a GPU cluster (README: 'Run on a GPU cluster'), or "
                   f"pass --yes to start anyway.", file=sys.stderr)
             return 2
-    if tracking.ensure_store(uri):
-        print(f"new MLflow store: {tracking.local_store(uri)}")
-    experiment_id = tracking.ensure_experiment(uri, sweep.name, sweep.description)
-    lease.beat(lambda me: tracking.set_heartbeat(uri, experiment_id, me))
+    if ensure_store(uri):
+        print(f"new MLflow store: {local_store(uri)}")
+    experiment_id = write.ensure_experiment(uri, sweep.name, sweep.description)
+    lease.beat(lambda me: write.set_heartbeat(uri, experiment_id, me))
     gpu_memory = min((n.gpu_memory for n in nodes if n.gpus), default=0)
     jobs = _jobs(plan, placements, storage, experiment_id, gpu_memory)
     with interrupt_guard() as interrupted:
         full = driver.run_jobs(jobs, sweep.name, str(storage), sweep.max_failures, sweep.max_concurrent)
-    return _report(plan, experiment_id, interrupted, options, full)
+    return _outcome(plan, experiment_id, interrupted, options, full)
 
 
 def _jobs(plan: RunPlan, placements, storage: Path, experiment_id: str, gpu_memory: int) -> list:
-    """One driver.Job per placement; a new trial's MLflow run is created here."""
-    from . import driver
+    """One trial.Job per placement; a new trial's MLflow run is created here."""
+    from .trial import Job, JobTrial
 
     sweep, uri = plan.sweep, plan.uri
     tags = provenance.provenance_tags()
     jobs = []
     for placement in placements:
-        threads = max(1, int(placement.resources.get("cpu", 1)))
+        threads = packing.threads(placement.resources)
         members = []
         for t in placement.group:
             # What the trial runs with: absolute paths (trials run in other folders) and
             # the threads its placement gives it.
             config = {**t.config, "data_dir": str(Path(t.config["data_dir"]).resolve()), "threads": threads}
             run_id = (plan.states[t.key].run_id if t.key in plan.states
-                      else tracking.create_run(uri, experiment_id, t, sweep, tags, config))
-            members.append(driver.Member(t.key, t.name, config, run_id, str(storage / sweep.name / t.key)))
-        jobs.append(driver.Job(group_name(placement.group), members, uri, threads, tags,
-                               placement.resources, gpu_memory, group_forecast(placement.group).peak,
-                               group_shape(placement.group)))
+                      else write.create_run(uri, experiment_id, t, sweep, tags, config))
+            members.append(JobTrial(t.key, t.name, config, run_id, str(storage / sweep.name / t.key)))
+        jobs.append(Job(group_name(placement.group), members, uri, tags, placement.resources, gpu_memory,
+                        group_forecast(placement.group).peak, group_shape(placement.group)))
     return jobs
 
 
-def _report(plan: RunPlan, experiment_id: str, interrupted: dict, options: Options,
+def _outcome(plan: RunPlan, experiment_id: str, interrupted: dict, options: Options,
             full: str | None = None) -> int:
     uri, todo = plan.uri, plan.todo
     try:
-        after = tracking.runs_by_key(uri, plan.sweep.name)
+        after = read.runs_by_key(uri, plan.sweep.name)
     except Exception as err:     # the store went away during the sweep
         print(f"\nerror: the tracking store {uri} does not answer ({type(err).__name__}: "
               f"{str(err).splitlines()[0][:200]}), so how the trials ended is unknown. When it "
@@ -223,7 +227,7 @@ def _report(plan: RunPlan, experiment_id: str, interrupted: dict, options: Optio
         return 1
     unfinished = [t for t in todo if after.get(t.key) is None or after[t.key].status != "FINISHED"]
     if interrupted["signal"]:
-        killed = tracking.mark_killed(uri, [after[t.key].run_id for t in unfinished if t.key in after])
+        killed = write.mark_killed(uri, [after[t.key].run_id for t in unfinished if t.key in after])
         print(f"\ninterrupted ({interrupted['signal']}): {len(todo) - len(unfinished)} of {len(todo)} "
               f"trials finished, {len(killed)} marked KILLED. To resume them from their last "
               f"checkpoints, run again:\n  {options.command}", file=sys.stderr)
@@ -243,10 +247,10 @@ def _stopped_full(plan: RunPlan, after: dict, unfinished: list, line: str, optio
     left = [after[t.key].run_id for t in unfinished
             if t.key in after and after[t.key].status in ("RUNNING", "SCHEDULED", "KILLED")]
     try:
-        tracking.fail_runs(plan.uri, left, line)
+        write.fail_runs(plan.uri, left, line)
         marked = "their runs are FAILED with this error"
     except Exception as err:
-        if disk.no_space(err) is None and not tracking.is_store_error(err):
+        if disk.no_space(err) is None and not is_store_error(err):
             raise
         marked = "their runs stay RUNNING: the tracking store could not take an error tag"
     print(f"\nerror: {line}; the sweep stopped: {len(plan.todo) - len(unfinished)} of {len(plan.todo)} "

@@ -3,7 +3,7 @@ forecast (trainer/forecast.py), so a user need not guess GPU fractions or find o
 
     nodes = [Node(cpus=16, gpus=1, gpu_memory=80 * 10**9)]        # driver.cluster_nodes()
     at_once = devices(nodes, sweep.resources, sweep.max_concurrent)   # groups to form, at least
-    placements, warnings = pack(groups, forecasts, nodes, requested=None)
+    placements, warnings = pack(groups, forecast, nodes, requested=None)
     allocator_cap(placement.resources, gpu_memory)                # the bytes its process may use
     repacked(placement.resources, members)                        # after an OOM: a new packing
 
@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 from trainer.estimates import Forecast
 
-from .plan import group_name
+from .groups import group_name
 
 HEADROOM = 1.2                # x the forecast peak: fragmentation, cuDNN/cuBLAS workspaces
 CUDA_RESERVE = 1 << 30        # bytes per process outside the allocator: CUDA context, handles
@@ -86,13 +87,13 @@ def needed_bytes(forecast: Forecast) -> int:
     return int(forecast.peak * HEADROOM) + CUDA_RESERVE
 
 
-def pack(groups: list[list], forecasts: dict, nodes: list[Node],
+def pack(groups: list[list], forecast: Callable[[list], Forecast], nodes: list[Node],
          requested: dict | None) -> tuple[list[Placement], list[str]]:
-    """One Placement per Tune trial, and warnings. `forecasts(group) -> Forecast` (a
-    callable, so split groups can be forecast too); `requested`: the sweep's resources."""
+    """One Placement per Tune trial, and warnings. `forecast(group) -> Forecast` (a
+    function, so split groups can be forecast too); `requested`: the sweep's resources."""
     gpu_nodes = [n for n in nodes if n.gpus > 0]
     if requested is not None or not gpu_nodes:
-        return _as_requested(groups, requested, gpu_nodes, nodes, forecasts)
+        return _as_requested(groups, requested, gpu_nodes, nodes, forecast)
     largest = max(gpu_nodes, key=lambda n: n.gpu_memory)
     smallest = min(n.gpu_memory for n in gpu_nodes)
     cpus_per_gpu = min(n.cpus / n.gpus for n in gpu_nodes)
@@ -101,10 +102,10 @@ def pack(groups: list[list], forecasts: dict, nodes: list[Node],
         warnings.append(f"GPUs of different sizes ({smallest / GB:.0f} to {largest.gpu_memory / GB:.0f} GB): "
                         f"shares are sized for the smallest")
     placements = []
-    fitting = _fitting(groups, forecasts, largest)
+    fitting = _fitting(groups, forecast, largest)
     spread = math.ceil(len(fitting) / sum(n.gpus for n in gpu_nodes))   # groups per GPU, at most
     for group in fitting:
-        need = needed_bytes(forecasts(group))
+        need = needed_bytes(forecast(group))
         share = min(1.0, need / smallest)
         per_gpu = max(1, min(math.floor(1 / share), math.floor(cpus_per_gpu), spread))
         cpu = max(1, math.floor(cpus_per_gpu / per_gpu))
@@ -115,6 +116,11 @@ def pack(groups: list[list], forecasts: dict, nodes: list[Node],
 def gpu_share(per_gpu: int) -> float:
     """The share of a GPU that lets `per_gpu` groups fill it (Ray takes 4 decimals)."""
     return math.floor(10_000 / per_gpu) / 10_000 if per_gpu > 1 else 1
+
+
+def threads(resources: dict) -> int:
+    """The torch threads of a group's process: the CPU cores its placement holds."""
+    return max(1, int(resources.get("cpu", 1)))
 
 
 def allocator_cap(resources: dict, gpu_memory: int) -> int | None:
@@ -142,19 +148,19 @@ def repacked(resources: dict, members: list) -> tuple[str, list[tuple[list, dict
     return None
 
 
-def _fitting(groups, forecasts, largest: Node) -> list[list]:
+def _fitting(groups, forecast, largest: Node) -> list[list]:
     """The groups, each split in halves until its need fits the largest GPU."""
     out, todo = [], list(groups)
     while todo:
         group = todo.pop(0)
-        need = needed_bytes(forecasts(group))
+        need = needed_bytes(forecast(group))
         if need <= largest.gpu_memory:
             out.append(group)
         elif len(group) > 1:
             half = len(group) // 2
             todo[:0] = [group[:half], group[half:]]
         else:
-            f = forecasts(group)
+            f = forecast(group)
             raise PackingError(
                 f"trial {group[0].name} needs about {need / GB:.1f} GB of GPU memory (forecast peak "
                 f"{f.peak / GB:.1f} GB x {HEADROOM} headroom + {CUDA_RESERVE / GB:.1f} GB for CUDA) "
@@ -164,7 +170,7 @@ def _fitting(groups, forecasts, largest: Node) -> list[list]:
     return out
 
 
-def _as_requested(groups, requested, gpu_nodes, nodes, forecasts) -> tuple[list[Placement], list[str]]:
+def _as_requested(groups, requested, gpu_nodes, nodes, forecast) -> tuple[list[Placement], list[str]]:
     """The sweep's own resources (or the CPU default): a GPU request on a cluster without
     GPUs falls back to CPU; CPUs are capped by the largest node (a larger request would
     wait forever); a GPU share smaller than the forecast needs is warned about."""
@@ -187,7 +193,7 @@ def _as_requested(groups, requested, gpu_nodes, nodes, forecasts) -> tuple[list[
     if res.get("gpu") and gpu_nodes:
         memory = res["gpu"] * min(n.gpu_memory for n in gpu_nodes)
         for p in placements:
-            p.need = needed_bytes(forecasts(p.group))
+            p.need = needed_bytes(forecast(p.group))
             if p.need > memory:
                 warnings.append(f"{group_name(p.group)} may run out of GPU memory: it needs about "
                                 f"{p.need / GB:.1f} GB but resources.gpu={res['gpu']} is "

@@ -29,12 +29,13 @@ launches; every error is a `SweepError` naming the file, the key and what is all
 values, less how it executes: see `trial_key`), so it does not depend on the order of
 trials or on the other values of an axis: adding a value to an axis keeps every existing
 trial's key (and so its finished MLflow run). How trials are grouped for fused training
-is decided later, over the trials still to run (orchestrator/run/plan.py).
+is decided later, over the trials still to run (orchestrator/run/groups.py).
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import hashlib
 import itertools
 import json
@@ -48,6 +49,8 @@ from trainer.config import DEFAULTS, EXPERIMENT, IDENTITY, TYPES, Config, Config
 
 TOP_LEVEL = ("name", "description", "base", "grid", "extra", "seeds", "fuse", "resources",
              "max_failures", "max_concurrent", "tracking_uri", "storage_path", "reproduces")
+# What a sweep's `reproduces:` may name: the tables (orchestrator/results/tables.py, TABLES)
+# and figures (results/figures.py, FIGURES) `tables` builds; tests/test_layout.py keeps them equal.
 ARTEFACTS = ("table1", "table2", "table3", "table4", "table5", "memory_peaks",
              "figure3", "figure4", "figure5")
 RESOURCE_KEYS = ("cpu", "gpu")
@@ -76,6 +79,11 @@ class Sweep:
     reproduces: list = field(default_factory=list)      # artefact ids, see ARTEFACTS
     path: pathlib.Path = pathlib.Path("<memory>")       # absolute path of the sweep file
     text: str = ""                                      # raw file content, logged as an artifact
+
+    @functools.cached_property
+    def trials(self) -> list["Trial"]:
+        """expand(self), once: the sweep's trials for every decision made on it."""
+        return expand(self)
 
 
 @dataclass(frozen=True)
@@ -189,7 +197,7 @@ def load_sweep(path) -> Sweep:
                          f"got {type(doc).__name__}")
     _check_top_level(doc, path.name)
     sweep = Sweep(**{k: doc[k] for k in TOP_LEVEL if doc.get(k) is not None}, path=path, text=text)
-    expand(sweep)                                   # validates every trial; result recomputed by callers
+    sweep.trials                                    # expands and checks every trial, once
     return sweep
 
 
@@ -208,7 +216,10 @@ def apply_overrides(sweep: Sweep, resources=None, max_concurrent=None,
         _check_type(given["tracking_uri"], str, "tracking_uri", source)
     if "storage_path" in given:
         _check_storage(given["storage_path"], source)
-    return dataclasses.replace(sweep, **given)
+    out = dataclasses.replace(sweep, **given)
+    if "trials" in sweep.__dict__:                  # no override changes a trial: keep them
+        out.trials = sweep.trials
+    return out
 
 
 # --- structural checks of the raw YAML, one key at a time ---

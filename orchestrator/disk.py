@@ -17,6 +17,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from orchestrator.store.uri import local_store
+
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 # What a full disk says when it reaches us as text: SQLite (through SQLAlchemy and MLflow,
 # or a tracking server's reply), and the OS's own words for ENOSPC and EDQUOT.
@@ -40,7 +42,7 @@ def no_space(err: BaseException) -> str | None:
 
 def describe(path: str, storage: Path, uri: str) -> str:
     """"no space left on device: PATH (the storage folder ...)" for a path no_space found."""
-    store = _local_store(uri)
+    store = local_store(uri)
     if path and Path(path).is_relative_to(storage):
         return f"no space left on device: {path} (in the storage folder {storage})"
     if store is not None:
@@ -92,8 +94,3 @@ def open_for_writing(path: Path) -> OSError | None:
     except OSError as err:
         return OSError(err.errno, err.strerror, str(path))
     return None
-
-
-def _local_store(uri: str) -> Path | None:
-    from .tracking import local_store    # here, as tracking imports this module
-    return local_store(uri)

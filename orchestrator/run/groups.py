@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from trainer.config import PER_MEMBER, Config
+from trainer.config import PER_MEMBER, Config, trains_alone
 
 from .sweep import Trial
 
@@ -39,11 +39,11 @@ def fuse_groups(trials: list[Trial], fuse: int, at_once: int = 1) -> list[list[T
     most work per group is split further. Members are dealt to a class's groups so that
     every group gets the same mix of kinds (regularized or not, its pairs, its width), so
     the groups carry equal work under any per-member cost and finish together. A
-    memory-timeline trial always runs alone (it measures one trial's memory)."""
+    trial that trains alone (trainer.config.trains_alone: a memory timeline) is a group of one."""
     classes: dict[tuple, list[Trial]] = {}
     alone = []
     for t in trials:
-        if t.config["memory_timeline"] or fuse == 1:
+        if trains_alone(t.config) or fuse == 1:
             alone.append([t])
         else:
             classes.setdefault(fusion_key(t.config), []).append(t)
@@ -64,7 +64,7 @@ def fuse_groups(trials: list[Trial], fuse: int, at_once: int = 1) -> list[list[T
 
 def plan_groups(todo: list[Trial], states: dict, fuse: int, at_once: int = 1) -> list[list[Trial]]:
     """The groups `run` trains: each trial that trained some epochs in a recorded group
-    (states: trial_key -> tracking.RunState) with the others of that group still to run,
+    (states: trial_key -> read.RunState) with the others of that group still to run,
     in the recorded order; the rest in groups formed anew (fuse_groups). All in sweep order
     of each group's first member."""
     by_name = {t.name: t for t in todo}
@@ -126,7 +126,7 @@ def group_shape(group: list[Trial]) -> str:
 
 def sizing_forecast(measured: dict[str, int]):
     """group -> the forecast a share is sized from: the larger of the forecast peak and the
-    peak measured before for a group of the same shape (tracking.measured_peaks)."""
+    peak measured before for a group of the same shape (read.measured_peaks)."""
     def forecast(group: list[Trial]):
         f = group_forecast(group)
         return dataclasses.replace(f, peak=max(f.peak, measured.get(group_shape(group), 0)))
@@ -145,7 +145,7 @@ class Superseded:
 
 
 def superseded(trials: list[Trial], states: dict) -> list[Superseded]:
-    """The runs in `states` (trial_key -> tracking.RunState) that no trial of `trials` has,
+    """The runs in `states` (trial_key -> read.RunState) that no trial of `trials` has,
     grouped by what changed: each is compared with the trial of the same name."""
     from trainer.config import IDENTITY
 
