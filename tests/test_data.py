@@ -1,12 +1,19 @@
 """Data: the generated dataset, subsets, augmentation, the epoch draws and batching
 (the CIFAR folder rules: tests/test_cifar.py)."""
 import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from trainer.data import (Data, EpochPlan, augment, epoch_seed, group_batch, normalize, steps_per_epoch,
+from trainer.data import (Data, EpochDraws, augment, epoch_seed, group_batch, normalize, steps_per_epoch,
                           stratified_subset, synthetic_images)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def sha256(t: torch.Tensor) -> str:
@@ -72,13 +79,13 @@ def test_augment_crops_the_padded_image_at_the_offsets_and_flips():
     assert (out[0, :, :4] == 0).all() and (out[0, :, :, -4:] == 0).all() and (out[0, :, 4:, :-4] > 0).all()
 
 
-def test_epoch_plans_are_each_members_own_and_repeat_by_seed_and_epoch():
+def test_epoch_draws_are_each_members_own_and_repeat_by_seed_and_epoch():
     """Member m's epoch draws depend on (its seed, epoch) only, not on its group."""
     def draw(seeds, epoch):
         gens = [torch.Generator() for _ in seeds]
         for g, s in zip(gens, seeds):
             g.manual_seed(epoch_seed(s, epoch))
-        return EpochPlan.draw(gens, 40, 8, 5, augment_on=True)
+        return EpochDraws.draw(gens, 40, 8, 5, augment_on=True)
     group, alone, again = draw([3, 7], 1), draw([7], 1), draw([3, 7], 1)
     for field in ("order", "dy", "dx", "flip"):
         assert torch.equal(getattr(group, field)[1], getattr(alone, field)[0])
@@ -94,6 +101,66 @@ def test_epoch_plans_are_each_members_own_and_repeat_by_seed_and_epoch():
 def test_epoch_seeds_differ_for_every_seed_and_epoch():
     seeds = {epoch_seed(s, e) for s in range(50) for e in range(1, 201)}
     assert len(seeds) == 50 * 200 and all(0 <= s < 2 ** 63 for s in seeds)
+    # and each is the same on every call: a function of (seed, epoch) alone
+    assert [epoch_seed(s, e) for s in range(50) for e in range(1, 201)] == \
+        [epoch_seed(s, e) for s in range(50) for e in range(1, 201)]
+
+
+# What one epoch draws, for a few (seed, epoch): its generator seed and its EpochDraws
+# (40 samples, 8 steps of 5, augmented), as plain lists, so that another process can
+# print the same thing as JSON.
+DRAWS = """
+import torch
+from trainer.data import EpochDraws, epoch_seed
+
+def draws():
+    out = []
+    for seed, epoch in [(0, 1), (0, 2), (1, 1), (7, 3), (123, 200)]:
+        g = torch.Generator()
+        g.manual_seed(epoch_seed(seed, epoch))
+        plan = EpochDraws.draw([g], 40, 8, 5, augment_on=True)
+        out.append([seed, epoch, epoch_seed(seed, epoch),
+                    *(getattr(plan, f)[0].int().tolist() for f in ("order", "dy", "dx", "flip"))])
+    return out
+"""
+
+
+def _draws() -> list:
+    scope: dict = {}
+    exec(DRAWS, scope)
+    return scope["draws"]()
+
+
+def test_epoch_draws_are_pinned_and_the_same_in_a_fresh_process():
+    """The same (seed, epoch) gives the same epoch seed and the same draws (order, crop
+    offsets, flips) on every call and in a fresh process with another PYTHONHASHSEED (no
+    hash(), no process state in the seeding). The values are pinned: a resumed trial
+    replays its epochs' draws from (seed, epoch) alone, so a change of the seeding scheme
+    (or of torch's CPU generator) makes a run resumed across it differ from an
+    uninterrupted one and breaks resume-equivalence; this test is meant to fail then, and
+    its pins may only be updated knowing that runs from before and after do not match."""
+    here = _draws()
+    assert _draws() == here                                              # every call
+    assert here[0][2] == epoch_seed(0, 1) == 6746404440217949167
+    assert [epoch_seed(0, 2), epoch_seed(1, 1), epoch_seed(7, 3)] == \
+        [7780190899420080275, 5438946774738908630, 4022505843406674961]
+    _, _, _, order, dy, dx, flip = here[0]                               # seed 0, epoch 1
+    assert order[:10] == [22, 1, 19, 18, 27, 30, 17, 4, 20, 33]
+    assert dy[:10] == [2, 2, 5, 3, 6, 2, 0, 7, 0, 6] and dx[:10] == [0, 8, 0, 8, 6, 6, 1, 4, 4, 5]
+    assert flip[:10] == [0, 1, 0, 0, 0, 1, 0, 1, 0, 0]
+    # a generator that drew epoch 1 and is reseeded for epoch 2 (an uninterrupted run)
+    # draws what a fresh one does (a run resumed at epoch 2)
+    used = torch.Generator()
+    used.manual_seed(epoch_seed(0, 1))
+    EpochDraws.draw([used], 40, 8, 5, augment_on=True)
+    used.manual_seed(epoch_seed(0, 2))
+    assert EpochDraws.draw([used], 40, 8, 5, augment_on=True).order[0].tolist() == here[1][3]
+    hash_seed = "1" if os.environ.get("PYTHONHASHSEED") != "1" else "2"
+    env = {**os.environ, "PYTHONHASHSEED": hash_seed, "PYTHONPATH": str(ROOT)}
+    fresh = subprocess.run([sys.executable, "-c", DRAWS + "import json; print(json.dumps(draws()))"],
+                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert fresh.returncode == 0, fresh.stderr
+    assert json.loads(fresh.stdout) == here
 
 
 def test_normalize_upsamples_to_224_on_the_device():
@@ -111,7 +178,7 @@ def test_last_partial_batch_is_dropped(n, batch, steps):
     data = Data(x, torch.arange(n), x[:2], torch.arange(2), 10)
     gens = [torch.Generator().manual_seed(s) for s in (0, 1)]
     assert steps_per_epoch(data, batch) == steps
-    plan = EpochPlan.draw(gens, n, steps, batch, augment_on=True)
+    plan = EpochDraws.draw(gens, n, steps, batch, augment_on=True)
     batches = [group_batch(data, plan, s, batch, torch.float32, 32) for s in range(steps)]
     assert all(bx.shape == (2, batch, 3, 32, 32) and bx.dtype == torch.float32 for bx, _ in batches)
     for member in (0, 1):

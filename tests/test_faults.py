@@ -4,10 +4,13 @@ a set-up mistake. Every wait polls for its event with a generous limit.
 """
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
 import signal
+import socket
+import sqlite3
 import time
 from pathlib import Path
 
@@ -65,22 +68,144 @@ def test_an_outage_of_the_tracking_server_loses_no_epoch(tmp_path):
         stop(server)
 
 
+class HeldTrials:
+    """Keeps the trial processes of a sweep stopped (SIGSTOP) from the moment each one
+    shows in MLflow (the `pid` tag its run gets when it starts) until release(): their
+    driver cannot finish, so it holds its lease (and beats it: only the trials are
+    stopped, not the driver or Ray) for as long as a test needs, however slow the
+    machine. A trial is never left stopped holding a lock of the SQLite store (the other
+    driver would then wait on it): after each stop the store must take an exclusive lock
+    at once, else the trials go on for a moment and are stopped again at the next poll."""
+
+    def __init__(self, uri: str, name: str, drivers: list):
+        self.uri, self.name, self.drivers = uri, name, drivers
+        self.db = Path(uri[len("sqlite:///"):])
+        self.held: set[int] = set()
+
+    def __enter__(self) -> "HeldTrials":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def until(self, event, what: str, timeout: float = 600) -> None:
+        """Hold every trial process that appears, polling, until `event()` is true."""
+        deadline = time.time() + timeout
+        while not event():
+            if time.time() > deadline:
+                raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+            self._hold_new()
+            time.sleep(0.2)
+
+    def running(self) -> bool:
+        """Whether a held trial has not finished: its driver cannot end before release()."""
+        return any(r.info.status == "RUNNING" and int(r.data.tags.get("pid", 0)) in self.held
+                   for r in runs(self.uri, self.name))
+
+    def _hold_new(self) -> None:
+        ours = {d.pid for d in self.drivers}
+        new = {int(r.data.tags["pid"]) for r in runs(self.uri, self.name) if "pid" in r.data.tags}
+        new = {pid for pid in new - self.held if _sid(pid) in ours}   # of our drivers' sessions
+        if not new:
+            return
+        for pid in new:
+            os.kill(pid, signal.SIGSTOP)
+        self.held |= new
+        if not _store_unlocked(self.db):
+            self.release()
+
+    def release(self) -> None:
+        for pid in self.held:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        self.held = set()
+
+
+def _sid(pid: int) -> int | None:
+    """The session of a process: a driver's own pid (cli starts each in a new session),
+    for its Ray processes too (each trial process leads a process group of its own)."""
+    try:
+        return os.getsid(pid)
+    except ProcessLookupError:
+        return None
+
+
+def _store_unlocked(db: Path) -> bool:
+    """Whether no process holds a lock of the SQLite store now (an exclusive lock is
+    taken and given back at once)."""
+    con = sqlite3.connect(db, timeout=0, isolation_level=None)
+    try:
+        con.execute("BEGIN EXCLUSIVE")
+        con.execute("ROLLBACK")
+        return True
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        con.close()
+
+
+def refusal(holder: int, lease: Path) -> re.Pattern:
+    """The line of a driver refused by the lease of driver `holder` (orchestrator/run/lease.py)."""
+    return re.compile(
+        rf"^error: another `run` of this sweep is active \(pid {holder} on {re.escape(socket.gethostname())}, "
+        rf"started \d\d:\d\d:\d\d, last heartbeat \d+ s ago; lease {re.escape(str(lease))}\)\. "
+        rf"Wait for it to finish, or stop it \(Ctrl-C\); if it died, its lease expires \d+ s from now$")
+
+
+def assert_ran_once(uri: str, name: str, sweep: Path, holder: int, lease: Path) -> None:
+    """Each trial of the sweep has one run, FINISHED, with its epoch metrics at steps
+    1..EPOCHS exactly once; the lease is given back (its file gone, the heartbeat released)."""
+    after = runs(uri, name)
+    assert sorted(r.data.tags["trial_key"] for r in after) == sorted(t.key for t in expand(load_sweep(sweep)))
+    for r in after:
+        assert r.info.status == "FINISHED", r.info
+        for metric in ("train_loss", "test_accuracy", "last_epoch"):
+            assert steps(uri, r.info.run_id, metric) == list(range(1, EPOCHS + 1)), (r.info.run_name, metric)
+    assert not lease.exists()
+    beat = json.loads(MlflowClient(uri).get_experiment_by_name(name).tags["driver_heartbeat"])
+    assert beat["pid"] == holder and beat["released"] is True
+
+
+def assert_refused(proc, out: str, holder: int, lease: Path) -> None:
+    """`proc` exited 2 with the lease's one error line, naming the holder, as its last
+    line, having started nothing (no Ray, no run, no traceback)."""
+    assert proc.returncode == 2, out
+    lines = out.strip().splitlines()
+    assert refusal(holder, lease).match(lines[-1]), out
+    assert [line for line in lines if line.startswith("error")] == lines[-1:], out
+    assert "Traceback" not in out and "on: Ray cluster" not in out and "groups done" not in out, out
+
+
 def test_a_second_driver_on_a_running_sweep_is_refused(tmp_path, uri):
     """While one `run` trains, a second one of the same sweep exits 2 at once, naming the
-    first; the first finishes alone: one FINISHED run per trial, every step once."""
+    first; the first finishes alone: one FINISHED run per trial, every step once. The
+    first's trials are held (stopped) from their start until the second has exited, so the
+    second always meets a live, beating lease, however slow its start."""
     sweep = long_sweep(tmp_path, "two")
+    lease = tmp_path / "ray_results" / "two" / "driver.lease"
     first = cli(tmp_path, "run", str(sweep), "--tracking-uri", uri)
-    wait_for(running_with_epoch(uri, "two"), 600, "a trial's first epoch", first)
-    t0 = time.time()
-    second = cli(tmp_path, "run", str(sweep), "--tracking-uri", uri)
-    out, _ = second.communicate(timeout=300)
-    assert second.returncode == 2, out
-    assert "another `run` of this sweep is active" in out and f"pid {first.pid}" in out
-    assert time.time() - t0 < 120 and "Traceback" not in out
-    finish(first, timeout=600)
-    after = runs(uri, "two")
-    assert len(after) == 2 and {r.info.status for r in after} == {"FINISHED"}
-    assert all(steps(uri, r.info.run_id) == list(range(1, EPOCHS + 1)) for r in after)
+    second = None
+    try:
+        with HeldTrials(uri, "two", [first]) as held:
+            held.until(lambda: held.running() or first.poll() is not None, "a trial of the first driver held")
+            assert first.poll() is None, first.communicate()[0]
+            t0 = time.time()
+            second = cli(tmp_path, "run", str(sweep), "--tracking-uri", uri)
+            held.until(lambda: second.poll() is not None, "the second driver to exit", timeout=300)
+            took = time.time() - t0
+            assert first.poll() is None                        # the first still runs (held)
+        out = second.communicate()[0]
+        assert_refused(second, out, first.pid, lease)
+        assert took < 120, took
+        first_out = finish(first, timeout=600)
+        assert "2 of 2 trials finished" in first_out and not driver_traceback(first_out), first_out
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                stop(proc, signal.SIGKILL)
+    assert_ran_once(uri, "two", sweep, first.pid, lease)
 
 
 def driver_traceback(out: str) -> bool:
@@ -91,17 +216,31 @@ def driver_traceback(out: str) -> bool:
 
 
 def test_two_drivers_started_at_once_on_an_empty_store_run_the_sweep_once(tmp_path, uri):
-    sweep = write_sweep(tmp_path / "s.yaml", "race", {"regularizer": [False, True]}, resources={"cpu": 1})
+    """Two `run`s of one sweep started together on an empty store race for its lease:
+    exactly one wins (the lease file is created with O_EXCL: of two drivers, one creates
+    it, the other finds it), trains every trial once, and exits 0; the other exits 2 with
+    the lease's error line naming the winner, and starts nothing. That the loser meets a
+    live lease does not depend on how the two are scheduled: the winner's trials are held
+    (stopped) from their start until the loser has exited, so the winner cannot finish
+    and give the lease back first (after which the loser would find nothing to run)."""
+    sweep = long_sweep(tmp_path, "race")
+    lease = tmp_path / "ray_results" / "race" / "driver.lease"
     procs = [cli(tmp_path, "run", str(sweep), "--tracking-uri", uri) for _ in range(2)]
-    outs = [p.communicate(timeout=600)[0] for p in procs]
-    # Usually the second finds the first's lease (exit 2); on a very slow machine it may
-    # start after the first finished, and then finds nothing to run (exit 0).
-    for proc, out in zip(procs, outs):
-        assert proc.returncode in (0, 2) and not driver_traceback(out), out
-        assert proc.returncode == 0 or "another `run` of this sweep is active" in out, out
-    assert 0 in [p.returncode for p in procs]
-    after = runs(uri, "race")
-    assert len(after) == 2 and {r.info.status for r in after} == {"FINISHED"}
+    try:
+        with HeldTrials(uri, "race", procs) as held:
+            held.until(lambda: any(p.poll() is not None for p in procs), "a driver to exit")
+        loser = next(p for p in procs if p.poll() is not None)
+        winner = next(p for p in procs if p is not loser)
+        out = loser.communicate()[0]
+        assert_refused(loser, out, winner.pid, lease)
+        winner_out = finish(winner, timeout=600)
+        assert "2 new" in winner_out and "2 of 2 trials finished" in winner_out, winner_out
+        assert not driver_traceback(winner_out), winner_out
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                stop(proc, signal.SIGKILL)
+    assert_ran_once(uri, "race", sweep, winner.pid, lease)
 
 
 @pytest.mark.parametrize("command", [["run"], ["plan"], ["status"], ["tables"]],

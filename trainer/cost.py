@@ -131,12 +131,12 @@ def measure(cfgs: list, steps: int = 2):
     dtype = getattr(torch, cfg.dtype)
     memory, counter = AllocationCounter(), StepCounter()
     with FakeTensorMode(), memory, counter:
-        group, data, plan, model = step_objects(cfgs, "cpu", steps)
+        group, data, draws, model = step_objects(cfgs, "cpu", steps)
         for step in range(steps):
             counter.reset()
             memory.reset_peak()
             counter.phase = "batch"
-            x, y = group_batch(data, plan, step, cfg.batch_size, dtype, cfg.image_size)
+            x, y = group_batch(data, draws, step, cfg.batch_size, dtype, cfg.image_size)
             counter.phase = "forward"
             losses = group.losses(x, y)
             forward_peak = memory.peak

@@ -9,7 +9,7 @@ Each trial's randomness for one epoch (order, crops, flips; dropout later in the
 comes from its own generator on the device, seeded from (seed, epoch): nothing is copied
 from the host during a step (on CUDA each such copy stalls the stream), a resumed epoch
 draws exactly what an uninterrupted one would, and the trials of a fused group draw
-independently. The whole epoch's draws are made at its start (`EpochPlan`), so a step
+independently. The whole epoch's draws are made at its start (`EpochDraws`), so a step
 only slices them.
 """
 from __future__ import annotations
@@ -117,7 +117,7 @@ def _crop(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, size: int = 
 
 def augment(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
     """Random crop with 4-px zero padding + horizontal flip. x (B, 3, 32, 32) uint8; the
-    offsets dy, dx in 0..8 and flip (bool) are (B,), drawn by `EpochPlan`."""
+    offsets dy, dx in 0..8 and flip (bool) are (B,), drawn by `EpochDraws`."""
     x = _crop(torch.nn.functional.pad(x, (4, 4, 4, 4)), dy, dx)
     return torch.where(flip[:, None, None, None], x.flip(3), x)
 
@@ -149,7 +149,7 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 @dataclass
-class EpochPlan:
+class EpochDraws:
     """One epoch's draws for the N trials of a group: rows are members, columns samples in
     the order they are trained. steps * batch_size columns (the last partial batch is
     dropped: BatchNorm cannot train on a batch of one; the paper's batches are all full)."""
@@ -160,7 +160,7 @@ class EpochPlan:
 
     @classmethod
     def draw(cls, generators: list[torch.Generator], n_train: int, steps: int, batch_size: int,
-             augment_on: bool) -> "EpochPlan":
+             augment_on: bool) -> "EpochDraws":
         """Each member's order and augmentation from its own generator (already seeded for
         this epoch with `epoch_seed`)."""
         used, rows = steps * batch_size, []
@@ -174,24 +174,24 @@ class EpochPlan:
         cols = list(zip(*rows))
         return cls(*(torch.stack(c) if c[0] is not None else None for c in cols))
 
-    def keep(self, members: list[int]) -> "EpochPlan":
-        """The plan of a subset of the members (a failed member leaves the group)."""
+    def keep(self, members: list[int]) -> "EpochDraws":
+        """The draws of a subset of the members (a failed member leaves the group)."""
         idx = torch.tensor(members, dtype=torch.long, device=self.order.device)
-        return EpochPlan(*(t[idx] if t is not None else None
+        return EpochDraws(*(t[idx] if t is not None else None
                            for t in (self.order, self.dy, self.dx, self.flip)))
 
 
-def group_batch(data: Data, plan: EpochPlan, step: int, batch_size: int, dtype: torch.dtype,
+def group_batch(data: Data, draws: EpochDraws, step: int, batch_size: int, dtype: torch.dtype,
                 image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Step `step` of every member: x (N, B, 3, S, S) normalised, y (N, B). One gather and
     one augmentation for the whole group."""
     cols = slice(step * batch_size, (step + 1) * batch_size)
-    idx = plan.order[:, cols]                                              # (N, B)
+    idx = draws.order[:, cols]                                              # (N, B)
     n, b = idx.shape
     x = data.train_x[idx.flatten()]                                        # (N*B, 3, 32, 32) uint8
-    if plan.dy is not None:
-        x = augment(x, plan.dy[:, cols].flatten(), plan.dx[:, cols].flatten(),
-                    plan.flip[:, cols].flatten())
+    if draws.dy is not None:
+        x = augment(x, draws.dy[:, cols].flatten(), draws.dx[:, cols].flatten(),
+                    draws.flip[:, cols].flatten())
     x = data.normalize(x, dtype, image_size)
     return x.view(n, b, *x.shape[1:]), data.train_y[idx]
 

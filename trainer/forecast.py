@@ -32,7 +32,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from .config import NO_MEMORY, Config
 from .estimates import Forecast
-from .data import Data, EpochPlan, epoch_seed, group_batch, resident_bytes
+from .data import Data, EpochDraws, epoch_seed, group_batch, resident_bytes
 from .memory import model_bytes
 from .model import build_model
 
@@ -88,7 +88,7 @@ class CudaAllocator:
 
 def step_objects(cfgs: list[Config], device="cpu", steps: int = 2):
     """What the trainer builds to train these trials as one group, with an all-zeros
-    dataset of their size on `device`: (group, data, plan for `steps` steps, the networks'
+    dataset of their size on `device`: (group, data, draws for `steps` steps, the networks'
     bytes). Members are in the trainer's order (widest head first)."""
     from .group import Group            # local: group imports the trainer's step
     from .train import Member, check_fusable
@@ -108,19 +108,19 @@ def step_objects(cfgs: list[Config], device="cpu", steps: int = 2):
         nets = [net.to(device) for net in nets]
     model = sum(sum(model_bytes(net)) for net in nets)
     group = Group(members, nets, [{} for _ in members])    # holds its own stacked copies
-    plan = EpochPlan.draw([m.generator for m in members], n_train, steps, cfg.batch_size, cfg.augment)
-    return group, data, plan, model
+    draws = EpochDraws.draw([m.generator for m in members], n_train, steps, cfg.batch_size, cfg.augment)
+    return group, data, draws, model
 
 
 def step_peaks(cfgs: list[Config], meter, device="cpu", steps: int = 2) -> Forecast:
     """The peak (and forward-pass peak) that `meter` (AllocationCounter, CudaAllocator)
     sees over step `steps` of these trials trained as one group: the steady state."""
-    group, data, plan, model = step_objects(cfgs, device, steps)
+    group, data, draws, model = step_objects(cfgs, device, steps)
     cfg = cfgs[0]
     dtype = getattr(torch, cfg.dtype)
     for step in range(steps):
         meter.reset_peak()
-        x, y = group_batch(data, plan, step, cfg.batch_size, dtype, cfg.image_size)
+        x, y = group_batch(data, draws, step, cfg.batch_size, dtype, cfg.image_size)
         losses = group.losses(x, y)
         forward_peak = meter.peak
         group.update(losses)

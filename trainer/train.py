@@ -20,7 +20,7 @@ import torch
 
 from . import checkpoint, faults
 from .config import PER_MEMBER, Config, available_cpus, trains_alone
-from .data import Data, EpochPlan, epoch_seed, group_batch, load_data, resident_bytes, steps_per_epoch
+from .data import Data, EpochDraws, epoch_seed, group_batch, load_data, resident_bytes, steps_per_epoch
 from .errors import ConfigError, NonFiniteLoss, TrialError
 from .estimates import eval_chunk_size
 from .group import Group
@@ -181,11 +181,11 @@ def _epoch(group: Group, data: Data, steps: int, device, progress,
                                         cfg.timeline_steps)
     for m in group.members:
         m.generator.manual_seed(epoch_seed(m.cfg.seed, m.epoch + 1))
-    plan = EpochPlan.draw([m.generator for m in group.members], len(data.train_y), steps,
+    draws = EpochDraws.draw([m.generator for m in group.members], len(data.train_y), steps,
                           cfg.batch_size, cfg.augment)
     epoch = min(m.epoch for m in group.members) + 1
     oom_step = oom_at[1] if oom_at is not None and oom_at[0] == epoch else None
-    group, losses, events = train_one_epoch(group, data, plan, cfg, progress, oom_step)
+    group, losses, events = train_one_epoch(group, data, draws, cfg, progress, oom_step)
     if group is None:
         return None, events
     seconds = time.perf_counter() - t0
@@ -209,18 +209,18 @@ def _epoch(group: Group, data: Data, steps: int, device, progress,
     return group, events
 
 
-def train_one_epoch(group: Group, data: Data, plan: EpochPlan, cfg: Config, progress=None,
+def train_one_epoch(group: Group, data: Data, draws: EpochDraws, cfg: Config, progress=None,
                     oom_step: int | None = None) -> tuple[Group | None, list[float], list[MemberFailed]]:
     """One epoch of every member: (the group without the members whose loss turned
     non-finite, the summed loss of each remaining member, a MemberFailed per leaver).
     `oom_step`: the 1-based step that raises an injected OOM (trainer/faults.py)."""
-    steps = plan.order.shape[1] // cfg.batch_size
-    loss_sum = torch.zeros(group.n, dtype=torch.float64, device=plan.order.device)
+    steps = draws.order.shape[1] // cfg.batch_size
+    loss_sum = torch.zeros(group.n, dtype=torch.float64, device=draws.order.device)
     pending, failed = [], []
     for step in range(steps):
         if step + 1 == oom_step:
             faults.raise_oom(min(m.epoch for m in group.members) + 1, step + 1)
-        x, y = group_batch(data, plan, step, cfg.batch_size, group.dtype, cfg.image_size)
+        x, y = group_batch(data, draws, step, cfg.batch_size, group.dtype, cfg.image_size)
         pending.append(group.step(x, y))                  # (N,) losses; no host sync
         if group.timeline is not None:
             group.timeline.end_step()
@@ -235,7 +235,7 @@ def train_one_epoch(group: Group, data: Data, plan: EpochPlan, cfg: Config, prog
                 group = group.without(sorted(dict(bad)))
                 if group is None:
                     return None, [], failed
-                loss_sum, plan = loss_sum[keep], plan.keep(keep)
+                loss_sum, draws = loss_sum[keep], draws.keep(keep)
         if progress and ((step + 1) % max(1, steps // 100) == 0 or step == steps - 1):
             progress(min(m.epoch for m in group.members) + 1, step + 1, steps)
     return group, loss_sum.tolist(), failed

@@ -1,13 +1,15 @@
 """One driver per sweep at a time, and a heartbeat that tells a live sweep from a dead one.
 
-    lease = Lease(storage / sweep.name, owner_note)
-    lease.acquire()                  # raises LeaseHeld while another driver's lease is fresh
-    lease.beat(write)                # every BEAT_S seconds: refresh the file and call write()
+    lease = Lease(storage / sweep.name)
+    lease.acquire()                  # raises LeaseHeld while another driver's lease is fresh;
+                                     # from here the file is refreshed every BEAT_S seconds
+    lease.beat(write)                # and each refresh also calls write() (MLflow's tag)
     ...
     lease.release()
 
-The lease is a file, `<storage>/<sweep>/driver.lease`, created with O_EXCL (atomic, so two
-drivers started at once cannot both take it) and rewritten every BEAT_S seconds. A lease
+The lease is a file, `<storage>/<sweep>/driver.lease`, written whole in a private file and
+linked into place (atomic, so two drivers started at once cannot both take it, and a reader
+never sees it half written), and rewritten every BEAT_S seconds from the moment it is taken. A lease
 not rewritten for TTL_S seconds belongs to a driver that died (SIGKILL, a lost node): the
 next driver takes it over, and the dead driver's unfinished trials resume. `write` is how
 the caller mirrors the heartbeat into MLflow (an experiment tag), so `status` can tell
@@ -53,9 +55,10 @@ class Lease:
     def acquire(self) -> str | None:
         """Take the lease; returns a note when it took over a dead driver's."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        note = None
         for _ in range(3):
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                self._link_new()
             except FileExistsError:
                 holder, age = self.read()
                 if holder is None:             # vanished meanwhile (released): try again
@@ -64,14 +67,22 @@ class Lease:
                     raise LeaseHeld(f"another `run` of this sweep is active ({describe(holder, age)}; "
                                     f"lease {self.path}). Wait for it to finish, or stop it (Ctrl-C); "
                                     f"if it died, its lease expires {TTL_S - age:.0f} s from now")
-                if self._take_over(holder):
-                    return (f"took over the lease of a driver that stopped answering "
+                if self._take_over(holder):     # moved aside: now take it like a free one
+                    note = (f"took over the lease of a driver that stopped answering "
                             f"({describe(holder, age)}); its unfinished trials resume")
                 continue
-            with os.fdopen(fd, "w") as f:
-                json.dump({**self.me, "beat": time.time()}, f)
-            return None
+            self._start_beating()
+            return note
         raise LeaseHeld(f"could not take the lease {self.path}: another driver keeps taking it")
+
+    def _link_new(self) -> None:
+        """Create the lease, whole, or raise FileExistsError if one is there."""
+        tmp = self.path.with_name(f"{LEASE}.{self.me['id']}.new")
+        try:
+            tmp.write_text(json.dumps({**self.me, "beat": time.time()}))
+            os.link(tmp, self.path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def read(self) -> tuple[dict | None, float]:
         """The lease's holder and the age of its last heartbeat (seconds)."""
@@ -92,16 +103,20 @@ class Lease:
             _kill_orphans(int(holder["pgid"]))
         return True
 
-    def beat(self, write=None) -> None:
-        """Refresh the lease every BEAT_S seconds until release(), calling write(self.me)
-        each time (errors are the tracking store's: the next beat tries again)."""
+    def _start_beating(self) -> None:
+        """Refresh the lease every BEAT_S seconds until release() (a slow start of Ray must
+        not let the lease age while this driver holds it)."""
         def loop():
             while not self._stop.wait(BEAT_S):
-                self._refresh(write)
-        self._write = write
-        self._refresh(write)
+                self._refresh(self._write)
         self._thread = threading.Thread(target=loop, name="lease-heartbeat", daemon=True)
         self._thread.start()
+
+    def beat(self, write) -> None:
+        """From now on each refresh also calls write(self.me) (errors are the tracking
+        store's: the next beat tries again); the first call is now."""
+        self._write = write
+        self._refresh(write)
 
     def _refresh(self, write) -> None:
         tmp = self.path.with_name(f"{LEASE}.{self.me['id']}.tmp")
