@@ -29,7 +29,7 @@ What FakeTensorMode gives on a CPU-only machine (checked on torch 2.14.1+cu130, 
 The generators. The trainer gives each member a generator on the device (train._resume:
 `torch.Generator(device=device)`); without a GPU only CPU generators exist. Each member
 gets a seeded CPU generator as a stand-in for its CUDA one:
-- the epoch plan (order, crops, flips) is drawn by the trainer's own `EpochPlan.draw` from
+- the epoch plan (order, crops, flips) is drawn by the trainer's own `EpochDraws.draw` from
   them at the epoch's start, outside the step, and each of its tensors is then moved to
   fake CUDA (the trainer draws it on the device directly; one move per epoch here). The
   step only slices it, under the guard: a plan left on the CPU fails the step
@@ -60,7 +60,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from trainer.config import Config
-from trainer.data import EpochPlan, epoch_seed, group_batch, load_data
+from trainer.data import EpochDraws, epoch_seed, group_batch, load_data
 from trainer.group import Group
 from trainer.model import build_model
 from trainer.train import Member
@@ -145,9 +145,9 @@ def build(cfgs: list[Config], *, nets_on_cuda: bool = True, plan_on_cuda: bool =
     else:
         nets = [build_model(m.cfg) for m in members]
     group = Group(members, nets, [{} for _ in members])
-    plan = EpochPlan.draw([m.generator for m in members], len(data.train_y), STEPS, BATCH, c.augment)
+    plan = EpochDraws.draw([m.generator for m in members], len(data.train_y), STEPS, BATCH, c.augment)
     if plan_on_cuda:
-        plan = EpochPlan(*(t.to(CUDA) if t is not None else None
+        plan = EpochDraws(*(t.to(CUDA) if t is not None else None
                            for t in (plan.order, plan.dy, plan.dx, plan.flip)))
     data.normalize(data.train_x[:1], group.dtype, c.image_size)   # the constants, once per run
     return group, data, plan
@@ -209,7 +209,7 @@ def test_batch_assembly_and_forward_stay_on_cuda(members):
 
 
 def _cpu_plan(group, data, plan):
-    return group, data, EpochPlan(*(t.cpu() if t is not None else None
+    return group, data, EpochDraws(*(t.cpu() if t is not None else None
                                     for t in (plan.order, plan.dy, plan.dx, plan.flip)))
 
 
