@@ -1,50 +1,27 @@
 """The deployment files (docker/) and small parsers of them, for the tests of docker/
-(tests/test_deploy_*.py): no Docker engine or GPU needed."""
+(tests/test_deploy_*.py): no Docker engine or GPU needed. The Dockerfile's parser is the
+image test's own (docker/imagetest/dockerfile.py), so docker/ goes on sys.path."""
 from __future__ import annotations
 
 import configparser
 import re
 import shlex
+import sys
 from pathlib import Path
 
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
-DOCKERFILE = DOCKER / "Dockerfile"
+sys.path.insert(0, str(DOCKER))
+from imagetest import dockerfile  # noqa: E402  (docker/imagetest: the image test's package)
+
+DOCKERFILE = dockerfile.DOCKERFILE
 COMPOSE = DOCKER / "compose.yaml"
 RAYJOB = DOCKER / "k8s" / "rayjob.yaml"
 K8S_MLFLOW = DOCKER / "k8s" / "mlflow.yaml"
 RAY_CLUSTER = DOCKER / "ray-cluster.yaml"
 DEPLOY_FILES = [DOCKERFILE, COMPOSE, RAYJOB, K8S_MLFLOW, RAY_CLUSTER, DOCKER / "README.md"]
-
-
-
-def dockerfile_stages(path: Path = DOCKERFILE) -> list[dict]:
-    """[{'from': image, 'name': stage or None, 'instructions': [(KEYWORD, args)]}]."""
-    logical, buf = [], ""
-    for line in path.read_text().splitlines():
-        if not buf and line.lstrip().startswith("#"):
-            continue
-        if line.rstrip().endswith("\\"):
-            buf += line.rstrip()[:-1] + " "
-            continue
-        if buf and line.lstrip().startswith("#"):   # comment inside a continued RUN
-            continue
-        buf += line
-        if buf.strip():
-            logical.append(buf.strip())
-        buf = ""
-    stages = []
-    for instr in logical:
-        keyword, _, args = instr.partition(" ")
-        keyword = keyword.upper()
-        if keyword == "FROM":
-            m = re.match(r"(?:--\S+\s+)*(\S+)(?:\s+AS\s+(\S+))?", args, re.IGNORECASE)
-            stages.append({"from": m.group(1), "name": m.group(2), "instructions": []})
-        elif stages:
-            stages[-1]["instructions"].append((keyword, args.strip()))
-    return stages
 
 
 def run_command(args: str) -> str:
@@ -99,20 +76,4 @@ def k8s_docs(path: Path) -> list[dict]:
 
 
 def final_stage() -> dict:
-    return dockerfile_stages()[-1]
-
-
-def dockerfile_args() -> dict[str, str]:
-    """The Dockerfile's ARG defaults (ARG NAME=value), unexpanded."""
-    args = {}
-    for line in DOCKERFILE.read_text().splitlines():
-        m = re.match(r"ARG (\w+)=(\S+)", line)
-        if m:
-            args[m.group(1)] = m.group(2)
-    return args
-
-
-def stage_base(stage: dict) -> str:
-    """A stage's FROM image, with a whole-name build arg (FROM ${X}) replaced by its default."""
-    m = re.fullmatch(r"\$\{?(\w+)\}?", stage["from"])
-    return dockerfile_args()[m.group(1)] if m else stage["from"]
+    return dockerfile.stages()[-1]

@@ -1,15 +1,10 @@
-"""docker/compose.yaml (and the image test's override and script) hold together: services,
+"""docker/compose.yaml (and the image test's override) hold together: services,
 health checks, builds, volumes, the MLflow server and the Ray commands. Static."""
 from __future__ import annotations
 
-import re
-import shutil
-import subprocess
-
 import yaml
 
-from deploy_files import (DOCKER, DOCKERFILE, COMPOSE, dockerfile_stages, click_options, long_options,
-                          compose, dockerfile_args)
+from deploy_files import DOCKER, DOCKERFILE, COMPOSE, dockerfile, click_options, long_options, compose
 
 
 # --- compose ---------------------------------------------------------------------------
@@ -28,7 +23,7 @@ def test_compose_services_and_health_checks():
 
 
 def test_compose_builds_from_existing_files_and_stages():
-    stage_names = {s["name"] for s in dockerfile_stages()}
+    stage_names = {s["name"] for s in dockerfile.stages()}
     for name, service in compose()["services"].items():
         build = service.get("build")
         if build:
@@ -38,7 +33,7 @@ def test_compose_builds_from_existing_files_and_stages():
 
 def test_compose_passes_the_commit_to_the_sweep_image():
     """The image has no .git: runs get their git_commit tag from the GIT_COMMIT build arg."""
-    declared = set(dockerfile_args()) | set(re.findall(r"^ARG (\w+)\s*$", DOCKERFILE.read_text(), re.M))
+    declared = set(dockerfile.args())
     for name, service in compose()["services"].items():
         build = service.get("build")
         if build and build["target"] == "sweeps":
@@ -48,28 +43,16 @@ def test_compose_passes_the_commit_to_the_sweep_image():
 
 
 def test_compose_test_override_only_swaps_images():
-    """docker/compose.test.yaml (docker/test-image.sh) changes images and build args, nothing
+    """docker/compose.test.yaml (the image test's) changes images and build args, nothing
     else: what the test runs is compose.yaml."""
     override = yaml.safe_load((DOCKER / "compose.test.yaml").read_text())
     services = compose()["services"]
-    declared = set(dockerfile_args())
+    declared = set(dockerfile.args())
     for name, service in override["services"].items():
         assert name in services, f"compose.test.yaml names an unknown service {name}"
         assert set(service) <= {"image", "build"}, f"{name}: {set(service)}"
         if "build" in service:
             assert set(service["build"]) == {"args"} and set(service["build"]["args"]) <= declared
-
-
-def test_image_test_script_parses():
-    script = DOCKER / "test-image.sh"
-    assert script.read_text().startswith("#!/usr/bin/env bash\n")
-    assert "set -euo pipefail" in script.read_text()
-    result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, timeout=30)
-    assert result.returncode == 0, result.stderr
-    if shutil.which("shellcheck"):
-        result = subprocess.run(["shellcheck", "-S", "warning", str(script)],
-                                capture_output=True, text=True, timeout=60)
-        assert result.returncode == 0, result.stdout
 
 
 def test_compose_volumes_exist():

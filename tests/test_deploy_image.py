@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploy_files import (ROOT, DOCKERFILE, dockerfile_stages, run_command, normalize,
-                          readme_install_command, setup_cfg_pin, final_stage,
-                          dockerfile_args, stage_base)
+from deploy_files import (ROOT, DOCKERFILE, dockerfile, run_command, normalize,
+                          readme_install_command, setup_cfg_pin, final_stage)
 
 
 # --- Dockerfile ------------------------------------------------------------------------
@@ -56,9 +55,9 @@ def test_image_defaults():
 
 
 def test_image_defaults_are_the_real_bases():
-    """The bases are build args (docker/test-image.sh builds from stand-ins); their defaults
+    """The bases are build args (docker/imagetest builds from stand-ins); their defaults
     are the real images."""
-    bases = {s["name"]: stage_base(s) for s in dockerfile_stages()}
+    bases = {s["name"]: dockerfile.stage_base(s) for s in dockerfile.stages()}
     assert bases["sweeps"] == "rayproject/ray:${RAY_VERSION}-py${PYTHON_VERSION}-${CUDA_TAG}"
     assert bases["mlflow-server"].startswith("python:3."), bases["mlflow-server"]
 
@@ -73,17 +72,17 @@ def test_dockerfile_pulls_no_frontend_image():
 def test_mlflow_server_has_the_postgres_driver_sqlalchemy_uses():
     """postgresql:// URIs mean psycopg 3 to SQLAlchemy 2.1 (mlflow's): psycopg2 alone fails."""
     runs = " ".join(args for keyword, args in next(
-        s for s in dockerfile_stages() if s["name"] == "mlflow-server")["instructions"]
+        s for s in dockerfile.stages() if s["name"] == "mlflow-server")["instructions"]
         if keyword == "RUN")
     assert re.search(r"psycopg\[binary\]==", runs), runs
-    assert dockerfile_args()["PSYCOPG_VERSION"].startswith("3."), dockerfile_args()["PSYCOPG_VERSION"]
+    assert dockerfile.args()["PSYCOPG_VERSION"].startswith("3."), dockerfile.args()["PSYCOPG_VERSION"]
 
 
 def test_image_versions_match_the_pins():
-    args = dockerfile_args()
+    args = dockerfile.args()
     import ray
     assert args["RAY_VERSION"] == ray.__version__
-    base = stage_base(final_stage())
+    base = dockerfile.stage_base(final_stage())
     assert base.startswith("rayproject/ray:${RAY_VERSION}"), base
     # torch's CUDA build and the base image's CUDA tag agree (13.0 -> cu130).
     import torch
