@@ -6,8 +6,8 @@ Entry point for `python -m orchestrator tables SWEEP...` and the end of `run`:
 
 writes the tables (render.py, one file per format), the figures (figures.py) and report.md
 (provenance, the claims of claims.py checked on our numbers, tables, figures). It reads
-MLflow (orchestrator/store/read.py) and writes to it (store/write.py) only when asked: `cell_runs=True` keeps one parent run per cell above its seeds
-(seeds.py; `run` and `tables` do, unless `tables --no-cell-runs`), `attach_figures=True`
+MLflow (orchestrator/store/read.py) and writes to it (store/write.py) only when asked:
+`cell_runs=True` keeps one parent run per cell above its seeds (seeds.py; `run` and `tables` do, unless `tables --no-cell-runs`), `attach_figures=True`
 attaches each figure to the runs it comes from (`run` does, `tables` with --attach-figures).
 
 Every set-up error (unknown format, output folder that is a file, no such store or

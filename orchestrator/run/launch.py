@@ -44,11 +44,14 @@ class RunPlan:
     """What `run` will do: the sweep, where it logs, and the groups of trials still to run."""
     sweep: Sweep
     uri: str
-    trials: list[Trial]
     states: dict                     # trial_key -> read.RunState
     groups: list[list[Trial]]        # fused groups of the trials to run (new or resuming)
     at_once: Devices                 # how many groups run at once, and why (packing.devices)
     measured: dict                   # group shape -> peak bytes measured before (tracking)
+
+    @property
+    def trials(self) -> list[Trial]:
+        return self.sweep.trials
 
     @property
     def todo(self) -> list[Trial]:
@@ -67,10 +70,9 @@ def make_plan(sweep: Sweep, uri: str, nodes: list) -> RunPlan:
     """What `run` would do on a cluster of `nodes` (packing.Node): the trials MLflow does
     not hold as FINISHED, in groups formed for the devices the cluster runs at once."""
     states = read.runs_by_key(uri, sweep.name)
-    trials = sweep.trials
-    todo = [t for t in trials if t.key not in states or states[t.key].status != "FINISHED"]
+    todo = [t for t in sweep.trials if t.key not in states or states[t.key].status != "FINISHED"]
     at_once = devices(nodes, sweep.resources, sweep.max_concurrent)
-    return RunPlan(sweep, uri, trials, states, plan_groups(todo, states, sweep.fuse, at_once.count), at_once,
+    return RunPlan(sweep, uri, states, plan_groups(todo, states, sweep.fuse, at_once.count), at_once,
                    read.measured_peaks(uri) if todo else {})
 
 

@@ -124,9 +124,8 @@ def existing(uri: str):
     """A client on an existing store; NotInStore rather than create one."""
     if not uri:
         raise NotInStore(f"no MLflow tracking URI given; {FIX}")
-    path = local_store(uri)
-    if path is not None and not path.exists():
-        raise NotInStore(f"no MLflow store at {path} (tracking URI {uri!r}); {FIX}")
+    if not_created_yet(uri):
+        raise NotInStore(f"no MLflow store at {local_store(uri)} (tracking URI {uri!r}); {FIX}")
     return client(uri)
 
 
